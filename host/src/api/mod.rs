@@ -1,0 +1,29 @@
+//! API types: `DisaggregatedSet`, `DisaggregatedSetRoleScaler`, and client-side
+//! `LeaderWorkerSet`, plus the generated CRDs and operator-side validation.
+
+pub mod crd;
+pub mod fragments;
+pub mod lws;
+pub mod scaler;
+pub mod set;
+pub mod structural;
+pub mod validate;
+
+/// Label and annotation keys shared by the operator, routers and tools (upstream-compatible).
+pub mod keys {
+    pub const DOMAIN: &str = "disaggregatedset.x-k8s.io";
+    /// The set a child belongs to.
+    pub const NAME: &str = "disaggregatedset.x-k8s.io/name";
+    /// The role a child serves.
+    pub const ROLE: &str = "disaggregatedset.x-k8s.io/role";
+    /// The slice index of a child.
+    pub const SLICE: &str = "disaggregatedset.x-k8s.io/slice";
+    /// The 8-hex-digit revision of a child.
+    pub const REVISION: &str = "disaggregatedset.x-k8s.io/revision";
+    /// Old replicas when the current rollout began, on old-revision children.
+    pub const INITIAL_REPLICAS: &str = "disaggregatedset.x-k8s.io/initial-replicas";
+    /// Marks a ConfigMap as a plugin.
+    pub const PLUGIN: &str = "disaggregatedset.x-k8s.io/plugin";
+    /// Manual approval of a rollout step, read by the rollout-gate plugin.
+    pub const APPROVE_STEP: &str = "disaggregatedset.x-k8s.io/approve-step";
+}
