@@ -2,7 +2,7 @@
 //! extensions (§3.2).
 
 use super::lws::LeaderWorkerSetSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -226,11 +226,13 @@ pub struct RoleStatus {
     pub updated_replicas: i32,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
-    /// Steps taken so far in this rollout.
+    /// Where the new revision stands on the planner's schedule: step `step` of
+    /// `totalSteps`, measured by the slowest role (the furthest-behind slice).
     pub step: i32,
+    pub total_steps: i32,
     /// Per-role old/new replicas now (summed over slices).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<RoleRollout>,
@@ -240,6 +242,9 @@ pub struct RolloutStatus {
     /// Why it is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_reason: Option<String>,
+    /// When the per-role numbers last changed; drives `Degraded` after `progressDeadlineSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -121,15 +121,11 @@ pub fn next_step(roles: &[RoleState]) -> Step {
     let proposed: Vec<i32> = roles
         .iter()
         .map(|r| {
-            let floor_old = if r.initial_old >= r.target {
-                (r.target - r.max_unavailable - r.current_new).max(0)
-            } else {
-                0
-            };
+            // The floor never raises an old role: the planner only drains.
             schedule
                 .old_at(r, k_old + 1)
+                .max(floor_old(r, r.current_new))
                 .min(r.current_old)
-                .max(floor_old)
         })
         .collect();
     let drained = prevent_orphans(roles, proposed, &current_new);
@@ -153,15 +149,70 @@ pub fn next_step(roles: &[RoleState]) -> Step {
         })
         .collect();
     let forced = prevent_orphans(roles, proposed, &next_new);
+    // Orphan prevention may have kept an old replica that leaves no room for
+    // the new one: such a role waits for its scale-up (per-role surge bound).
+    let forced_new: Vec<i32> = roles
+        .iter()
+        .zip(next_new.iter().zip(&forced))
+        .map(|(r, (&n, &o))| {
+            if r.target == 0 {
+                n
+            } else {
+                n.min(r.target + r.max_surge - o).max(r.current_new)
+            }
+        })
+        .collect();
     if lowers_or_raises(&current_old, &forced).0 {
         return Step::Next {
             old: forced,
-            new: next_new,
+            new: forced_new,
+        };
+    }
+
+    // 6½. Unblock (our addition to DESIGN §5, reached only where rule 7
+    // would stop). Rounding in the schedule, and roles whose surge budget is
+    // 0, can leave rules 4–6 with nothing to do although a safe move exists.
+    // First drain each role by up to one batch, never below its floor; then
+    // let each role grow as far as its own surge bound allows.
+    let proposed: Vec<i32> = roles
+        .iter()
+        .map(|r| {
+            (r.current_old - batch(r))
+                .max(floor_old(r, r.current_new))
+                .min(r.current_old)
+        })
+        .collect();
+    let drained = prevent_orphans(roles, proposed, &current_new);
+    if lowers_or_raises(&current_old, &drained).0 {
+        return Step::Next {
+            old: drained,
+            new: current_new,
+        };
+    }
+    let grown: Vec<i32> = roles
+        .iter()
+        .map(|r| {
+            let room = r.target + r.max_surge - r.current_old;
+            r.current_new.max(room.min(r.target))
+        })
+        .collect();
+    if lowers_or_raises(&current_new, &grown).1 {
+        return Step::Next {
+            old: current_old,
+            new: grown,
         };
     }
 
     // 7. No step.
     Step::Stuck
+}
+
+/// Where a rollout stands on its schedule: `(k, T)`, new replicas measured by
+/// the slowest role. `T` is 0 when there is nothing to roll out.
+pub fn position(roles: &[RoleState]) -> (i32, i32) {
+    let schedule = Schedule::new(roles);
+    let t = schedule.total_steps;
+    (narrow(schedule.k_new(roles).min(t)), narrow(t))
 }
 
 /// Runs the planner from the start of a rollout (old = initialOld, new = 0)
@@ -199,12 +250,7 @@ impl Schedule {
         let total_steps = roles
             .iter()
             .map(|r| {
-                let batch = if r.max_surge > 0 {
-                    r.max_surge
-                } else {
-                    r.max_unavailable.max(1)
-                };
-                div_ceil(i64::from(r.initial_old.max(r.target)), i64::from(batch))
+                div_ceil(i64::from(r.initial_old.max(r.target)), i64::from(batch(r)))
             })
             .max()
             .unwrap_or(0);
@@ -255,7 +301,8 @@ impl Schedule {
 /// An old revision never keeps one role alive while another is gone: among
 /// roles with `initialOld > 0`, if some but not all reach 0, either take all to
 /// 0 (when every shrinking role's new side is within its unavailability budget)
-/// or hold each role that reached 0 at 1.
+/// or hold each role that reached 0 at 1. A role already at 0 stays there:
+/// the planner never scales an old revision up.
 fn prevent_orphans(roles: &[RoleState], mut old: Vec<i32>, new: &[i32]) -> Vec<i32> {
     let live: Vec<usize> = (0..roles.len())
         .filter(|&i| roles[i].initial_old > 0)
@@ -273,10 +320,29 @@ fn prevent_orphans(roles: &[RoleState], mut old: Vec<i32>, new: &[i32]) -> Vec<i
         if new_side_ready {
             old[i] = 0;
         } else if old[i] == 0 {
-            old[i] = 1;
+            old[i] = roles[i].current_old.min(1);
         }
     }
     old
+}
+
+/// Replicas a role moves per step: its surge, or its unavailability when it has no surge.
+fn batch(r: &RoleState) -> i32 {
+    if r.max_surge > 0 {
+        r.max_surge
+    } else {
+        r.max_unavailable.max(1)
+    }
+}
+
+/// The least old replicas a role keeps while its new side is at `new`: enough
+/// to stay within `maxUnavailable` of the target (only for roles not growing).
+fn floor_old(r: &RoleState, new: i32) -> i32 {
+    if r.initial_old >= r.target {
+        (r.target - r.max_unavailable - new).max(0)
+    } else {
+        0
+    }
 }
 
 /// `(lowers some entry, raises some entry)` going from `from` to `to`.

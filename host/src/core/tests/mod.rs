@@ -1,0 +1,43 @@
+//! Tests of the pure core with plain values.
+mod execute;
+mod planner_props;
+mod render;
+mod revision;
+mod status;
+
+use super::execute::{Child, Target, TargetRole};
+use super::plan::Budget;
+use super::render::child_name;
+
+/// A target with `(name, replicas)` roles and the default budget.
+pub fn target(revision: &str, roles: &[(&str, i32)]) -> Target {
+    Target {
+        set_name: "s".into(),
+        revision: revision.into(),
+        slices: 1,
+        roles: roles
+            .iter()
+            .map(|(n, r)| TargetRole {
+                name: n.to_string(),
+                replicas: *r,
+                budget: Budget::DEFAULT,
+            })
+            .collect(),
+    }
+}
+
+/// An owned, ready child of slice 0.
+pub fn child(revision: &str, role: &str, replicas: i32, initial: Option<i32>, created: i64) -> Child {
+    Child {
+        name: child_name("s", 0, revision, role),
+        slice: 0,
+        revision: revision.into(),
+        role: role.into(),
+        replicas,
+        ready_replicas: replicas,
+        status_replicas: replicas,
+        initial_replicas: initial,
+        created,
+        owned: true,
+    }
+}
