@@ -49,15 +49,26 @@ pub fn load_set(file: &Path) -> Result<DisaggregatedSet, InputError> {
     let text = read(file)?;
     let mut docs = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let value = Value::deserialize(doc).map_err(|e| error(file, format!("invalid YAML: {e}")))?;
+        let value =
+            Value::deserialize(doc).map_err(|e| error(file, format!("invalid YAML: {e}")))?;
         if !value.is_null() {
             docs.push(value);
         }
     }
     let mut value = match docs.len() {
         1 => docs.remove(0),
-        0 => return Err(error(file, "no document found; expected one DisaggregatedSet")),
-        n => return Err(error(file, format!("holds {n} documents; expected one DisaggregatedSet"))),
+        0 => {
+            return Err(error(
+                file,
+                "no document found; expected one DisaggregatedSet",
+            ));
+        }
+        n => {
+            return Err(error(
+                file,
+                format!("holds {n} documents; expected one DisaggregatedSet"),
+            ));
+        }
     };
     set_from_value(file, &mut value)
 }
@@ -67,13 +78,19 @@ pub fn set_from_value(file: &Path, value: &mut Value) -> Result<DisaggregatedSet
     let api_version = DisaggregatedSet::api_version(&());
     let kind = DisaggregatedSet::kind(&());
     let got = (
-        value.get("apiVersion").and_then(Value::as_str).unwrap_or(""),
+        value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
         value.get("kind").and_then(Value::as_str).unwrap_or(""),
     );
     if got != (api_version.as_ref(), kind.as_ref()) {
         return Err(error(
             file,
-            format!("apiVersion/kind: expected {api_version} {kind}, got {:?} {:?}", got.0, got.1),
+            format!(
+                "apiVersion/kind: expected {api_version} {kind}, got {:?} {:?}",
+                got.0, got.1
+            ),
         ));
     }
     let schema = schema_of(&DisaggregatedSet::crd());
@@ -87,7 +104,9 @@ pub fn set_from_value(file: &Path, value: &mut Value) -> Result<DisaggregatedSet
     if set.metadata.name.is_none() {
         return Err(error(file, "metadata.name: required value"));
     }
-    set.metadata.namespace.get_or_insert_with(|| "default".to_string());
+    set.metadata
+        .namespace
+        .get_or_insert_with(|| "default".to_string());
     let violations = validate::validate(&set);
     if !violations.is_empty() {
         let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
@@ -103,7 +122,8 @@ pub fn load_plan_cases(file: &Path) -> Result<Vec<PlanCase>, InputError> {
         serde_json::from_str(&text).map_err(|e| error(file, format!("invalid JSON: {e}")))?;
     let cases: Vec<PlanCase> = typed(file, value)?;
     for (i, case) in cases.iter().enumerate() {
-        case.check().map_err(|m| error(file, format!("[{i}].{m}")))?;
+        case.check()
+            .map_err(|m| error(file, format!("[{i}].{m}")))?;
     }
     Ok(cases)
 }

@@ -14,7 +14,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "disagg", version, about = "DisaggregatedSet operator and tools")]
+#[command(
+    name = "disagg",
+    version,
+    about = "DisaggregatedSet operator and tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The spec of a LeaderWorkerSet. Also the `spec` of every DisaggregatedSet role.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "leaderworkerset.x-k8s.io",
     version = "v1",
@@ -41,7 +41,7 @@ pub struct LeaderWorkerSetSpec {
 }
 
 /// Leader and worker pod templates of one group.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaderWorkerTemplate {
     /// The pod template for leader pods. When absent, the leader uses the worker template.

@@ -27,3 +27,6 @@ pub mod keys {
     /// Manual approval of a rollout step, read by the rollout-gate plugin.
     pub const APPROVE_STEP: &str = "disaggregatedset.x-k8s.io/approve-step";
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,10 +20,27 @@ use std::collections::BTreeMap;
     status = "DisaggregatedSetStatus",
     derive = "PartialEq",
     doc = "DisaggregatedSet runs prefill, decode and optionally encode roles as separately scaled LeaderWorkerSets and rolls template changes out across all roles together.",
-    printcolumn(name = "Roles", type_ = "string", json_path = ".status.rolesReady", description = "ready/desired groups per role"),
-    printcolumn(name = "Revision", type_ = "string", json_path = ".status.updateRevision"),
-    printcolumn(name = "Available", type_ = "string", json_path = ".status.conditions[?(@.type==\"Available\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Roles",
+        type_ = "string",
+        json_path = ".status.rolesReady",
+        description = "ready/desired groups per role"
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.updateRevision"
+    ),
+    printcolumn(
+        name = "Available",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Available\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
@@ -65,9 +82,14 @@ fn default_slices() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct Role {
     /// Unique name of the role, a DNS label.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// The LeaderWorkerSet spec for this role; `replicas` is per slice.
+    /// Optional in the schema, as upstream; a role without a pod template is invalid.
+    #[serde(default)]
     pub spec: LeaderWorkerSetSpec,
     /// Labels and annotations copied onto the role's LeaderWorkerSets.
     #[serde(default, skip_serializing_if = "Option::is_none")]

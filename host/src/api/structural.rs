@@ -104,7 +104,10 @@ impl Checker<'_> {
         let int_or_string = bool_flag("x-kubernetes-int-or-string");
         if int_or_string {
             if !(value.is_string() || is_integer(value)) {
-                self.fail(path, format!("must be an integer or a string, got {}", kind(value)));
+                self.fail(
+                    path,
+                    format!("must be an integer or a string, got {}", kind(value)),
+                );
                 return;
             }
         } else if let Some(ty) = schema.get("type").and_then(Value::as_str)
@@ -131,7 +134,14 @@ impl Checker<'_> {
             }
         }
         match value {
-            Value::Object(map) => self.check_object(schema, map, path, root, bool_flag("x-kubernetes-preserve-unknown-fields") || bool_flag("x-kubernetes-embedded-resource")),
+            Value::Object(map) => self.check_object(
+                schema,
+                map,
+                path,
+                root,
+                bool_flag("x-kubernetes-preserve-unknown-fields")
+                    || bool_flag("x-kubernetes-embedded-resource"),
+            ),
             Value::Array(items) => self.check_array(schema, items, path),
             _ => {}
         }
@@ -144,20 +154,31 @@ impl Checker<'_> {
             let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
             self.fail(
                 path,
-                format!("unsupported value {value}: supported values: {}", list.join(", ")),
+                format!(
+                    "unsupported value {value}: supported values: {}",
+                    list.join(", ")
+                ),
             );
         }
         if let Some(n) = value.as_f64() {
             if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-                let exclusive = schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
+                let exclusive =
+                    schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
                 if n < min || (exclusive && n == min) {
-                    self.fail(path, format!("must be greater than or equal to {min}, is {value}"));
+                    self.fail(
+                        path,
+                        format!("must be greater than or equal to {min}, is {value}"),
+                    );
                 }
             }
             if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-                let exclusive = schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
+                let exclusive =
+                    schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
                 if n > max || (exclusive && n == max) {
-                    self.fail(path, format!("must be less than or equal to {max}, is {value}"));
+                    self.fail(
+                        path,
+                        format!("must be less than or equal to {max}, is {value}"),
+                    );
                 }
             }
         }
@@ -171,7 +192,10 @@ impl Checker<'_> {
             if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
                 && len > max
             {
-                self.fail(path, format!("may not be more than {max} characters long, is {len}"));
+                self.fail(
+                    path,
+                    format!("may not be more than {max} characters long, is {len}"),
+                );
             }
             if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
                 && let Some(re) = compiled(pattern)
@@ -182,9 +206,21 @@ impl Checker<'_> {
         }
     }
 
-    fn check_object(&mut self, schema: &Value, map: &Map<String, Value>, path: &mut String, root: bool, preserve: bool) {
+    fn check_object(
+        &mut self,
+        schema: &Value,
+        map: &Map<String, Value>,
+        path: &mut String,
+        root: bool,
+        preserve: bool,
+    ) {
         let props = schema.get("properties").and_then(Value::as_object);
-        for req in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for req in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(key) = req.as_str()
                 && map.get(key).is_none_or(Value::is_null)
             {
@@ -244,7 +280,10 @@ impl Checker<'_> {
                         .map(|k| item.get(k).map(Value::to_string).unwrap_or_default())
                         .collect();
                     if !seen.insert(key.clone()) {
-                        self.fail(&format!("{path}[{i}]"), format!("duplicate entry with key {}", key.join(",")));
+                        self.fail(
+                            &format!("{path}[{i}]"),
+                            format!("duplicate entry with key {}", key.join(",")),
+                        );
                     }
                 }
             }

@@ -84,6 +84,20 @@ pub fn validate(set: &DisaggregatedSet) -> Vec<Violation> {
             ));
         }
         let rs = &role.spec;
+        let has_containers = rs
+            .leader_worker_template
+            .worker_template
+            .0
+            .get("spec")
+            .and_then(|s| s.get("containers"))
+            .and_then(|c| c.as_array())
+            .is_some_and(|c| !c.is_empty());
+        if !has_containers {
+            out.push(violation(
+                format!("{at}.spec.leaderWorkerTemplate.workerTemplate.spec.containers"),
+                "required: a role needs a worker pod template with at least one container",
+            ));
+        }
         if !(0..=1_000_000).contains(&rs.replicas) {
             out.push(violation(
                 format!("{at}.spec.replicas"),
@@ -154,7 +168,10 @@ pub fn validate(set: &DisaggregatedSet) -> Vec<Violation> {
         if !is_dns1123_subdomain(&binding.name) {
             out.push(violation(
                 format!("{at}.name"),
-                format!("{:?} must be a ConfigMap name (DNS subdomain)", binding.name),
+                format!(
+                    "{:?} must be a ConfigMap name (DNS subdomain)",
+                    binding.name
+                ),
             ));
         }
         if !plugin_names.insert(binding.name.as_str()) {
@@ -236,7 +253,9 @@ fn parse_int_or_percent(v: &IntOrString) -> Result<IntOrPercent, String> {
             .and_then(|p| p.parse::<i32>().ok())
             .filter(|p| *p >= 0)
             .map(IntOrPercent::Percent)
-            .ok_or_else(|| format!("{s:?} must be a non-negative integer or a percentage like \"25%\"")),
+            .ok_or_else(|| {
+                format!("{s:?} must be a non-negative integer or a percentage like \"25%\"")
+            }),
     }
 }
 
@@ -249,7 +268,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= MAX_NAME
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -266,6 +286,8 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 
 fn is_sha256_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        h.len() == 64
+            && h.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     })
 }

@@ -103,11 +103,23 @@ pub struct TargetRole {
 /// One API write. `Create` leaves rendering to the caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    Create { slice: i32, role: String, replicas: i32 },
-    Scale { name: String, replicas: i32 },
+    Create {
+        slice: i32,
+        role: String,
+        replicas: i32,
+    },
+    Scale {
+        name: String,
+        replicas: i32,
+    },
     /// Set (`Some`) or remove (`None`) the `initial-replicas` annotation.
-    SetInitialReplicas { name: String, value: Option<i32> },
-    Delete { name: String },
+    SetInitialReplicas {
+        name: String,
+        value: Option<i32>,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 /// Where a slice stands.
@@ -191,7 +203,13 @@ pub fn decide(target: &Target, children: &[Child]) -> Decision {
         }
     }
     let slices = (0..target.slices.max(0))
-        .map(|s| decide_slice(target, s, by_slice.get(&s).map(Vec::as_slice).unwrap_or(&[])))
+        .map(|s| {
+            decide_slice(
+                target,
+                s,
+                by_slice.get(&s).map(Vec::as_slice).unwrap_or(&[]),
+            )
+        })
         .collect();
     Decision {
         removed_slices,
@@ -214,10 +232,9 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
         .map(|c| c.name.as_str())
         .collect();
     // Children whose name does not match their labels are not ours to reason about.
-    let owned = children
-        .iter()
-        .copied()
-        .filter(|c| c.owned && c.name == child_name(&target.set_name, c.slice, &c.revision, &c.role));
+    let owned = children.iter().copied().filter(|c| {
+        c.owned && c.name == child_name(&target.set_name, c.slice, &c.revision, &c.role)
+    });
 
     let target_roles: BTreeSet<&str> = target.roles.iter().map(|r| r.name.as_str()).collect();
     let mut new_children: BTreeMap<&str, &Child> = BTreeMap::new();
@@ -471,7 +488,10 @@ fn progress_now(
     names
         .into_iter()
         .map(|(name, target)| {
-            let olds = old.iter().flat_map(|r| &r.children).filter(|c| c.role == name);
+            let olds = old
+                .iter()
+                .flat_map(|r| &r.children)
+                .filter(|c| c.role == name);
             let initial_old = olds
                 .clone()
                 .map(|c| c.initial_replicas.unwrap_or(c.replicas))

@@ -249,9 +249,7 @@ impl Schedule {
     fn new(roles: &[RoleState]) -> Schedule {
         let total_steps = roles
             .iter()
-            .map(|r| {
-                div_ceil(i64::from(r.initial_old.max(r.target)), i64::from(batch(r)))
-            })
+            .map(|r| div_ceil(i64::from(r.initial_old.max(r.target)), i64::from(batch(r))))
             .max()
             .unwrap_or(0);
         Schedule { total_steps }
@@ -405,10 +403,14 @@ impl PlanCase {
         }
         for (i, b) in self.config.iter().enumerate() {
             if b.max_surge < 0 || b.max_unavailable < 0 {
-                return Err(format!("config[{i}]: maxSurge and maxUnavailable must not be negative"));
+                return Err(format!(
+                    "config[{i}]: maxSurge and maxUnavailable must not be negative"
+                ));
             }
             if b.max_surge == 0 && b.max_unavailable == 0 {
-                return Err(format!("config[{i}]: maxSurge and maxUnavailable must not both be 0"));
+                return Err(format!(
+                    "config[{i}]: maxSurge and maxUnavailable must not both be 0"
+                ));
             }
         }
         Ok(())

@@ -15,7 +15,12 @@ pub fn child_name(set: &str, slice: i32, revision: &str, role: &str) -> String {
 }
 
 /// The system labels of a child and its pods.
-pub fn system_labels(set: &str, role: &str, slice: i32, revision: &str) -> BTreeMap<String, String> {
+pub fn system_labels(
+    set: &str,
+    role: &str,
+    slice: i32,
+    revision: &str,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (keys::NAME.to_string(), set.to_string()),
         (keys::ROLE.to_string(), role.to_string()),
@@ -55,7 +60,9 @@ pub fn render_child(
     spec.replicas = replicas;
     let placement = placement_terms(set, set_name, slice);
     let template = &mut spec.leader_worker_template;
-    for pod in std::iter::once(&mut template.worker_template.0).chain(template.leader_template.as_mut().map(|t| &mut t.0)) {
+    for pod in std::iter::once(&mut template.worker_template.0)
+        .chain(template.leader_template.as_mut().map(|t| &mut t.0))
+    {
         add_pod_labels(pod, &system);
         if let Some(terms) = &placement {
             add_affinity(pod, terms);
@@ -131,7 +138,10 @@ fn placement_terms(set: &DisaggregatedSet, set_name: &str, slice: i32) -> Option
 
 fn add_affinity(pod: &mut Map<String, Value>, terms: &PlacementTerms) {
     let affinity = object_at(object_at(pod, "spec"), "affinity");
-    for (kind, add) in [("podAffinity", &terms.affinity), ("podAntiAffinity", &terms.anti_affinity)] {
+    for (kind, add) in [
+        ("podAffinity", &terms.affinity),
+        ("podAntiAffinity", &terms.anti_affinity),
+    ] {
         let required = object_at(affinity, kind)
             .entry("requiredDuringSchedulingIgnoredDuringExecution")
             .or_insert_with(|| Value::Array(Vec::new()));

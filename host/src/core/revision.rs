@@ -39,10 +39,12 @@ pub fn revision(spec: &DisaggregatedSetSpec, plugins: &[TemplatePlugin<'_>]) -> 
         }
     }
     let digest = h.finalize();
-    digest[..4].iter().fold(String::with_capacity(8), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    digest[..4]
+        .iter()
+        .fold(String::with_capacity(8), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Length-prefixed fields, so that no two different inputs hash the same bytes.

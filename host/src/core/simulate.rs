@@ -97,7 +97,9 @@ pub fn rollout(target: &Target, children: &mut Vec<Child>, max_passes: usize) ->
         {
             let after = decide(target, children);
             if let Some(s) = after.slices.first()
-                && snapshots.last().is_none_or(|last: &Snapshot| !same_numbers(&last.roles, &s.roles))
+                && snapshots
+                    .last()
+                    .is_none_or(|last: &Snapshot| !same_numbers(&last.roles, &s.roles))
             {
                 snapshots.push(Snapshot {
                     roles: s.roles.clone(),

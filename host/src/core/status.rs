@@ -73,13 +73,22 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
                     && c.status_replicas == r.replicas
             })
         })
-    }) && !owned().any(|c| c.revision != o.target.revision || c.slice >= o.target.slices);
+    }) && !owned()
+        .any(|c| c.revision != o.target.revision || c.slice >= o.target.slices);
     let available = o.violations.is_empty() && !rolling && all_ready;
 
     let previous = o.previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
     let mut conds = Vec::new();
     let mut set = |type_: &str, status: bool, reason: &str, message: String| {
-        conds.push(condition(previous, type_, status, reason, message, o.generation, &o.now));
+        conds.push(condition(
+            previous,
+            type_,
+            status,
+            reason,
+            message,
+            o.generation,
+            &o.now,
+        ));
     };
 
     if o.violations.is_empty() {
@@ -89,8 +98,18 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
         set(VALID, false, "Invalid", messages.join("; "));
     }
     if available {
-        set(AVAILABLE, true, "AllRolesReady", "every role is ready at the target revision".into());
-        set(PROGRESSING, false, "AllRolesReady", "every role is ready at the target revision".into());
+        set(
+            AVAILABLE,
+            true,
+            "AllRolesReady",
+            "every role is ready at the target revision".into(),
+        );
+        set(
+            PROGRESSING,
+            false,
+            "AllRolesReady",
+            "every role is ready at the target revision".into(),
+        );
     } else {
         let why = if rolling {
             format!("rolling out revision {}", o.target.revision)
@@ -101,8 +120,18 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
         set(PROGRESSING, true, "RolloutInProgress", why);
     }
     match o.hold {
-        Some(h) => set(ROLLOUT_HELD, true, "GateHold", format!("held by {}: {}", h.gate, h.reason)),
-        None => set(ROLLOUT_HELD, false, "NotHeld", "no gate holds the rollout".into()),
+        Some(h) => set(
+            ROLLOUT_HELD,
+            true,
+            "GateHold",
+            format!("held by {}: {}", h.gate, h.reason),
+        ),
+        None => set(
+            ROLLOUT_HELD,
+            false,
+            "NotHeld",
+            "no gate holds the rollout".into(),
+        ),
     }
 
     let rollout = o.decision.filter(|_| rolling).map(|d| rollout_status(o, d));
@@ -152,7 +181,14 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
     let roles_ready = role_statuses
         .iter()
         .zip(&o.target.roles)
-        .map(|(s, r)| format!("{} {}/{}", s.name, s.ready_replicas, r.replicas * o.target.slices))
+        .map(|(s, r)| {
+            format!(
+                "{} {}/{}",
+                s.name,
+                s.ready_replicas,
+                r.replicas * o.target.slices
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
 

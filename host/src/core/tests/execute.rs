@@ -28,14 +28,20 @@ fn steady_state_creates_missing_children_and_scales_others() {
             }
         ]
     );
-    let steady = [child("new", "prefill", 2, None, 1), child("new", "decode", 3, None, 1)];
+    let steady = [
+        child("new", "prefill", 2, None, 1),
+        child("new", "decode", 3, None, 1),
+    ];
     assert!(decide(&t, &steady).actions().next().is_none());
 }
 
 #[test]
 fn a_rollout_first_records_initial_replicas_on_every_old_child() {
     let t = target("new", &[("prefill", 2), ("decode", 2)]);
-    let children = [child("old", "prefill", 2, None, 1), child("old", "decode", 3, None, 1)];
+    let children = [
+        child("old", "prefill", 2, None, 1),
+        child("old", "decode", 3, None, 1),
+    ];
     let s = &decide(&t, &children).slices[0];
     assert_eq!(s.state, SliceState::RecordingRollout);
     assert_eq!(
@@ -57,7 +63,10 @@ fn a_rollout_first_records_initial_replicas_on_every_old_child() {
 fn a_new_old_revision_resets_the_bookkeeping_of_all_old_revisions() {
     // A→B in progress (A annotated), then C arrives: B joins the old side.
     let t = target("c", &[("prefill", 2)]);
-    let children = [child("a", "prefill", 1, Some(2), 1), child("b", "prefill", 1, None, 2)];
+    let children = [
+        child("a", "prefill", 1, Some(2), 1),
+        child("b", "prefill", 1, None, 2),
+    ];
     let s = &decide(&t, &children).slices[0];
     assert_eq!(s.state, SliceState::RecordingRollout);
     assert!(s.actions.contains(&Action::SetInitialReplicas {
@@ -105,7 +114,10 @@ fn drains_the_newest_old_revision_first() {
     ];
     let s = &decide(&t, &children).slices[0];
     assert_eq!(s.state, SliceState::Stepping);
-    assert_eq!(s.actions, vec![scale("s-0-b-prefill", 0), scale("s-0-b-decode", 0)]);
+    assert_eq!(
+        s.actions,
+        vec![scale("s-0-b-prefill", 0), scale("s-0-b-decode", 0)]
+    );
 }
 
 #[test]
@@ -124,13 +136,20 @@ fn an_old_revision_that_loses_a_role_loses_all_of_them() {
     let s = &decide(&t, &children).slices[0];
     assert!(s.actions.contains(&scale("s-0-b-prefill", 0)));
     assert!(s.actions.contains(&scale("s-0-b-decode", 0)));
-    assert!(!s.actions.iter().any(|a| matches!(a, Action::Scale { name, .. } if name.starts_with("s-0-a-"))));
+    assert!(
+        !s.actions
+            .iter()
+            .any(|a| matches!(a, Action::Scale { name, .. } if name.starts_with("s-0-a-")))
+    );
 }
 
 #[test]
 fn drained_revisions_are_deleted() {
     let t = target("new", &[("prefill", 2)]);
-    let children = [child("old", "prefill", 0, Some(2), 1), child("new", "prefill", 2, None, 2)];
+    let children = [
+        child("old", "prefill", 0, Some(2), 1),
+        child("new", "prefill", 2, None, 2),
+    ];
     let d = decide(&t, &children);
     assert_eq!(
         d.slices[0].actions,
@@ -173,7 +192,10 @@ fn a_foreign_child_is_never_touched_and_blocks_its_slice() {
     let mut other = child("zzz", "prefill", 5, None, 1);
     other.owned = false;
     let d = decide(&t, &[other]);
-    assert!(matches!(&d.actions().collect::<Vec<_>>()[..], [Action::Create { .. }]));
+    assert!(matches!(
+        &d.actions().collect::<Vec<_>>()[..],
+        [Action::Create { .. }]
+    ));
 }
 
 #[test]
@@ -185,7 +207,11 @@ fn a_missing_new_child_is_recreated_mid_rollout() {
         child("new", "prefill", 1, None, 2),
     ];
     let s = &decide(&t, &children).slices[0];
-    assert!(s.actions.iter().any(|a| matches!(a, Action::Create { role, .. } if role == "decode")));
+    assert!(
+        s.actions
+            .iter()
+            .any(|a| matches!(a, Action::Create { role, .. } if role == "decode"))
+    );
 }
 
 #[test]
@@ -201,7 +227,11 @@ fn renamed_role_drains_with_its_revision_and_the_new_name_starts_from_zero() {
     let mut names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["s-0-b-generate", "s-0-b-prefill"]);
-    assert!(children.iter().all(|c| c.replicas == 2 && c.initial_replicas.is_none()));
+    assert!(
+        children
+            .iter()
+            .all(|c| c.replicas == 2 && c.initial_replicas.is_none())
+    );
 }
 
 #[test]
@@ -215,21 +245,39 @@ fn rollback_mid_rollout_returns_to_the_old_children() {
         simulate::apply(&b, &mut children, &actions, pass);
     }
     assert!(children.iter().any(|c| c.revision == "b" && c.replicas > 0));
-    assert!(children.iter().any(|c| c.revision == "a" && c.initial_replicas.is_some()));
+    assert!(
+        children
+            .iter()
+            .any(|c| c.revision == "a" && c.initial_replicas.is_some())
+    );
     // Back to A: A's annotation goes, B is recorded as old.
     let s = &decide(&a, &children).slices[0];
     assert_eq!(s.state, SliceState::RecordingRollout);
-    assert!(s.actions.iter().any(|x| matches!(x, Action::SetInitialReplicas { name, value: None } if name == "s-0-a-prefill")));
+    assert!(s.actions.iter().any(
+        |x| matches!(x, Action::SetInitialReplicas { name, value: None } if name == "s-0-a-prefill")
+    ));
     simulate::rollout(&a, &mut children, 1000);
-    assert!(children.iter().all(|c| c.revision == "a" && c.replicas == 3 && c.initial_replicas.is_none()));
+    assert!(
+        children
+            .iter()
+            .all(|c| c.revision == "a" && c.replicas == 3 && c.initial_replicas.is_none())
+    );
 }
 
 #[test]
 fn the_executor_follows_the_golden_vectors() {
     let text = std::fs::read_to_string(crate::core::tests::planner_props::vectors_path()).unwrap();
     let cases: Vec<crate::core::plan::PlanCase> = serde_json::from_str(&text).unwrap();
-    for case in cases.iter().filter(|c| c.initial_old.iter().any(|v| *v > 0)) {
-        let roles: Vec<(&str, i32)> = case.roles.iter().map(String::as_str).zip(case.target.iter().copied()).collect();
+    for case in cases
+        .iter()
+        .filter(|c| c.initial_old.iter().any(|v| *v > 0))
+    {
+        let roles: Vec<(&str, i32)> = case
+            .roles
+            .iter()
+            .map(String::as_str)
+            .zip(case.target.iter().copied())
+            .collect();
         let mut new = target("new", &roles);
         for (r, b) in new.roles.iter_mut().zip(&case.config) {
             r.budget = *b;
@@ -244,9 +292,20 @@ fn the_executor_follows_the_golden_vectors() {
         let snaps = simulate::rollout(&new, &mut children, 1000);
         let got: Vec<(Vec<i32>, Vec<i32>)> = snaps
             .iter()
-            .map(|s| (s.roles.iter().map(|r| r.old).collect(), s.roles.iter().map(|r| r.new).collect()))
+            .map(|s| {
+                (
+                    s.roles.iter().map(|r| r.old).collect(),
+                    s.roles.iter().map(|r| r.new).collect(),
+                )
+            })
             .collect();
-        let want: Vec<(Vec<i32>, Vec<i32>)> = case.steps.as_ref().unwrap().iter().map(|s| (s.old.clone(), s.new.clone())).collect();
+        let want: Vec<(Vec<i32>, Vec<i32>)> = case
+            .steps
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|s| (s.old.clone(), s.new.clone()))
+            .collect();
         assert_eq!(got, want, "case {}", case.name);
     }
 }
@@ -329,22 +388,54 @@ proptest! {
 /// Per role, old+new stays within target+maxSurge once new exists (for roles
 /// whose old side started within that bound), and no old revision keeps one
 /// role alive while another of its roles is gone.
-fn check_bounds(t: &crate::core::execute::Target, children: &[crate::core::execute::Child]) -> Result<(), TestCaseError> {
+fn check_bounds(
+    t: &crate::core::execute::Target,
+    children: &[crate::core::execute::Child],
+) -> Result<(), TestCaseError> {
     for r in &t.roles {
-        let new: i32 = children.iter().filter(|c| c.revision == t.revision && c.role == r.name).map(|c| c.replicas).sum();
-        let old: Vec<_> = children.iter().filter(|c| c.revision != t.revision && c.role == r.name).collect();
+        let new: i32 = children
+            .iter()
+            .filter(|c| c.revision == t.revision && c.role == r.name)
+            .map(|c| c.replicas)
+            .sum();
+        let old: Vec<_> = children
+            .iter()
+            .filter(|c| c.revision != t.revision && c.role == r.name)
+            .collect();
         let old_now: i32 = old.iter().map(|c| c.replicas).sum();
-        let old_initial: i32 = old.iter().map(|c| c.initial_replicas.unwrap_or(c.replicas)).sum();
+        let old_initial: i32 = old
+            .iter()
+            .map(|c| c.initial_replicas.unwrap_or(c.replicas))
+            .sum();
         if new > 0 && old_initial <= r.replicas + r.budget.max_surge {
-            prop_assert!(old_now + new <= r.replicas + r.budget.max_surge, "role {} old {} new {} target {}", r.name, old_now, new, r.replicas);
+            prop_assert!(
+                old_now + new <= r.replicas + r.budget.max_surge,
+                "role {} old {} new {} target {}",
+                r.name,
+                old_now,
+                new,
+                r.replicas
+            );
         }
     }
-    let mut revisions: Vec<&str> = children.iter().filter(|c| c.revision != t.revision).map(|c| c.revision.as_str()).collect();
+    let mut revisions: Vec<&str> = children
+        .iter()
+        .filter(|c| c.revision != t.revision)
+        .map(|c| c.revision.as_str())
+        .collect();
     revisions.dedup();
     for rev in revisions {
-        let of: Vec<_> = children.iter().filter(|c| c.revision == rev && c.initial_replicas.unwrap_or(0) > 0).collect();
+        let of: Vec<_> = children
+            .iter()
+            .filter(|c| c.revision == rev && c.initial_replicas.unwrap_or(0) > 0)
+            .collect();
         let zero = of.iter().filter(|c| c.replicas == 0).count();
-        prop_assert!(zero == 0 || zero == of.len(), "revision {} orphaned: {:?}", rev, of);
+        prop_assert!(
+            zero == 0 || zero == of.len(),
+            "revision {} orphaned: {:?}",
+            rev,
+            of
+        );
     }
     Ok(())
 }

@@ -27,7 +27,13 @@ pub fn target(revision: &str, roles: &[(&str, i32)]) -> Target {
 }
 
 /// An owned, ready child of slice 0.
-pub fn child(revision: &str, role: &str, replicas: i32, initial: Option<i32>, created: i64) -> Child {
+pub fn child(
+    revision: &str,
+    role: &str,
+    replicas: i32,
+    initial: Option<i32>,
+    created: i64,
+) -> Child {
     Child {
         name: child_name("s", 0, revision, role),
         slice: 0,

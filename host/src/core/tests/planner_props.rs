@@ -6,7 +6,9 @@ use std::path::PathBuf;
 pub fn vectors_path() -> PathBuf {
     match std::env::var_os("DISAGG_SHARED") {
         Some(dir) => PathBuf::from(dir).join("spec/rollout-vectors.json"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/rollout-vectors.json"),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/rollout-vectors.json")
+        }
     }
 }
 
@@ -26,21 +28,59 @@ fn planner_reproduces_every_golden_vector() {
 #[test]
 fn config_resolution_follows_the_design() {
     assert_eq!(Budget::from_absolute(0, 0), Budget::DEFAULT);
-    assert_eq!(Budget::from_absolute(2, 0), Budget { max_surge: 2, max_unavailable: 0 });
-    assert_eq!(Budget::from_absolute(0, 3), Budget { max_surge: 0, max_unavailable: 3 });
-    assert_eq!(Budget::from_absolute(2, 1), Budget { max_surge: 2, max_unavailable: 1 });
+    assert_eq!(
+        Budget::from_absolute(2, 0),
+        Budget {
+            max_surge: 2,
+            max_unavailable: 0
+        }
+    );
+    assert_eq!(
+        Budget::from_absolute(0, 3),
+        Budget {
+            max_surge: 0,
+            max_unavailable: 3
+        }
+    );
+    assert_eq!(
+        Budget::from_absolute(2, 1),
+        Budget {
+            max_surge: 2,
+            max_unavailable: 1
+        }
+    );
 }
 
 #[test]
 fn an_old_revision_scaled_up_by_hand_is_clamped_first() {
-    let r = |cur_old| RoleState { initial_old: 3, current_old: cur_old, current_new: 1, target: 3, max_surge: 1, max_unavailable: 0 };
-    assert_eq!(next_step(&[r(5), r(3)]), Step::Next { old: vec![3, 3], new: vec![1, 1] });
+    let r = |cur_old| RoleState {
+        initial_old: 3,
+        current_old: cur_old,
+        current_new: 1,
+        target: 3,
+        max_surge: 1,
+        max_unavailable: 0,
+    };
+    assert_eq!(
+        next_step(&[r(5), r(3)]),
+        Step::Next {
+            old: vec![3, 3],
+            new: vec![1, 1]
+        }
+    );
 }
 
 fn role() -> impl Strategy<Value = RoleState> {
     (0i32..25, 0i32..25, 0i32..6, 0i32..6).prop_map(|(initial_old, target, s, u)| {
         let b = Budget::from_absolute(s, u);
-        RoleState { initial_old, current_old: initial_old, current_new: 0, target, max_surge: b.max_surge, max_unavailable: b.max_unavailable }
+        RoleState {
+            initial_old,
+            current_old: initial_old,
+            current_new: 0,
+            target,
+            max_surge: b.max_surge,
+            max_unavailable: b.max_unavailable,
+        }
     })
 }
 

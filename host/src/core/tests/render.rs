@@ -39,7 +39,10 @@ fn child_has_name_labels_owner_and_replicas() {
     assert_eq!(labels[keys::NAME], "llm");
     assert_eq!(lws.metadata.annotations.as_ref().unwrap()["note"], "x");
     let owner = &lws.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("DisaggregatedSet", "u-1", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("DisaggregatedSet", "u-1", Some(true))
+    );
     assert_eq!(lws.spec.replicas, 7);
     let t = &lws.spec.leader_worker_template;
     for pod in [&t.worker_template.0, &t.leader_template.as_ref().unwrap().0] {
@@ -50,27 +53,49 @@ fn child_has_name_labels_owner_and_replicas() {
     }
     assert_eq!(t.worker_template.0["metadata"]["labels"]["app"], "m");
     // No placement policy: the user's affinity is untouched and nothing is added.
-    assert_eq!(t.worker_template.0["spec"]["affinity"], two_roles()["roles"][0]["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["affinity"]);
+    assert_eq!(
+        t.worker_template.0["spec"]["affinity"],
+        two_roles()["roles"][0]["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["affinity"]
+    );
 }
 
 #[test]
 fn placement_policy_adds_required_affinity_terms_to_both_templates() {
-    for (ty, anti_terms) in [(PlacementType::ExclusiveSlice, 1), (PlacementType::ExclusiveTopology, 2)] {
+    for (ty, anti_terms) in [
+        (PlacementType::ExclusiveSlice, 1),
+        (PlacementType::ExclusiveTopology, 2),
+    ] {
         let mut s = set(two_roles());
-        s.spec.placement_policy = Some(PlacementPolicy { type_: ty, topology: Some("rack".into()) });
+        s.spec.placement_policy = Some(PlacementPolicy {
+            type_: ty,
+            topology: Some("rack".into()),
+        });
         let lws = render_child(&s, &s.spec.roles[0], 0, "r", 1);
         let t = &lws.spec.leader_worker_template;
         let worker = &t.worker_template.0["spec"]["affinity"];
-        let aff = worker["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].as_array().unwrap();
+        let aff = worker["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            .as_array()
+            .unwrap();
         assert_eq!(aff.len(), 1);
         assert_eq!(aff[0]["topologyKey"], "rack");
         assert_eq!(aff[0]["labelSelector"]["matchLabels"][keys::SLICE], "0");
-        let anti = worker["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].as_array().unwrap();
+        let anti = worker["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            .as_array()
+            .unwrap();
         // The user's own term stays first.
         assert_eq!(anti.len(), 1 + anti_terms);
         assert_eq!(anti[0]["topologyKey"], "zone");
-        assert_eq!(anti[1]["labelSelector"]["matchExpressions"][1]["operator"], "NotIn");
+        assert_eq!(
+            anti[1]["labelSelector"]["matchExpressions"][1]["operator"],
+            "NotIn"
+        );
         let leader = &t.leader_template.as_ref().unwrap().0["spec"]["affinity"];
-        assert_eq!(leader["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].as_array().unwrap().len(), anti_terms);
+        assert_eq!(
+            leader["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .unwrap()
+                .len(),
+            anti_terms
+        );
     }
 }

@@ -1,0 +1,182 @@
+//! The `disagg` binary, run as a user would.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn disagg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_disagg"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn repo(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .display()
+        .to_string()
+}
+
+fn vectors() -> PathBuf {
+    match std::env::var_os("DISAGG_SHARED") {
+        Some(dir) => PathBuf::from(dir).join("spec/rollout-vectors.json"),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/rollout-vectors.json")
+        }
+    }
+}
+
+fn temp(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("disagg-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[test]
+fn plan_reproduces_every_golden_vector_from_cases_without_steps() {
+    let golden: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(vectors()).unwrap()).unwrap();
+    let stripped: Vec<Value> = golden
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            c.as_object_mut().unwrap().remove("steps");
+            c
+        })
+        .collect();
+    let input = temp("cases.json", &serde_json::to_string(&stripped).unwrap());
+    let out: Vec<Value> = serde_json::from_str(&stdout(&disagg(&["plan", &input]))).unwrap();
+    assert_eq!(out, golden);
+}
+
+#[test]
+fn render_prints_one_lws_per_slice_and_role() {
+    let out = stdout(&disagg(&["render", "-f", &repo("examples/sglang-pd.yaml")]));
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let names: Vec<&str> = docs
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 4);
+    assert!(
+        names[0].starts_with("qwen-pd-0-") && names[0].ends_with("-prefill"),
+        "{names:?}"
+    );
+    assert!(names[3].starts_with("qwen-pd-1-") && names[3].ends_with("-decode"));
+    assert!(docs.iter().all(|d| d["kind"] == "LeaderWorkerSet"));
+    assert_eq!(docs[0]["spec"]["replicas"], 3);
+    // Defaults the API server would apply are applied offline too.
+    assert_eq!(docs[0]["spec"]["startupPolicy"], "LeaderCreated");
+    assert_eq!(docs[3]["metadata"]["namespace"], "default");
+}
+
+#[test]
+fn render_with_revision_from_prints_the_rollout() {
+    let new = std::fs::read_to_string(repo("examples/vllm-pd.yaml"))
+        .unwrap()
+        .replace("v0.11.0", "v0.11.1");
+    let new = temp("new.yaml", &new);
+    let out = stdout(&disagg(&[
+        "render",
+        "-f",
+        &new,
+        "--revision-from",
+        &repo("examples/vllm-pd.yaml"),
+    ]));
+    let steps: Vec<&str> = out.lines().filter(|l| l.starts_with("# step")).collect();
+    assert_eq!(steps.first(), Some(&"# step 0: prefill 2/0, decode 4/0"));
+    assert_eq!(
+        steps.last().map(|s| s.split(": ").nth(1).unwrap()),
+        Some("prefill 0/2, decode 0/4")
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_naming_file_and_field_with_exit_code_2() {
+    let base = std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap();
+    let cases = [
+        (
+            "unknown.yaml",
+            base.replace(
+                "          size: 1\n",
+                "          size: 1\n          sise: 2\n",
+            ),
+            "spec.roles[0].spec.leaderWorkerTemplate.sise: unknown field",
+        ),
+        ("broken.yaml", "spec: [unclosed".to_string(), "invalid YAML"),
+        (
+            "partition.yaml",
+            base.replacen(
+                "maxSurge: 1\n",
+                "maxSurge: 1\n            partition: 2\n",
+                2,
+            ),
+            "spec.roles[0].spec.rolloutStrategy.rollingUpdateConfiguration.partition: must be 0",
+        ),
+        (
+            "kind.yaml",
+            base.replace("kind: DisaggregatedSet", "kind: Deployment"),
+            "apiVersion/kind: expected disaggregatedset.x-k8s.io/v1 DisaggregatedSet",
+        ),
+        (
+            "type.yaml",
+            base.replace("replicas: 2", "replicas: two"),
+            "spec.roles[0].spec.replicas: must be of type integer, got string",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let path = temp(name, &text);
+        let o = disagg(&["render", "-f", &path]);
+        assert_eq!(o.status.code(), Some(2), "{name}");
+        let err = String::from_utf8(o.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&path) && err.contains(want), "{name}: {err}");
+    }
+    let o = disagg(&[
+        "plan",
+        &temp(
+            "bad.json",
+            r#"[{"name": "x", "roles": ["a"], "initialOld": [1, 2], "target": [1], "config": [{"maxSurge": 1, "maxUnavailable": 0}]}]"#,
+        ),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8(o.stderr)
+            .unwrap()
+            .contains("[0].initialOld: has 2 entries but there are 1 roles")
+    );
+    let o = disagg(&[
+        "plan",
+        &temp(
+            "bad2.json",
+            r#"[{"name": "x", "roles": ["a"], "initialOld": [1], "target": [1], "config": [{"maxSurge": 1}], "extra": 1}]"#,
+        ),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains("[0]"), "{err}");
+}
+
+#[test]
+fn crds_prints_the_committed_crds() {
+    let out = stdout(&disagg(&["crds"]));
+    assert_eq!(
+        out,
+        std::fs::read_to_string(repo("deploy/crds/disaggregatedset.x-k8s.io.yaml")).unwrap()
+    );
+}
