@@ -20,27 +20,10 @@ use std::collections::BTreeMap;
     status = "DisaggregatedSetStatus",
     derive = "PartialEq",
     doc = "DisaggregatedSet runs prefill, decode and optionally encode roles as separately scaled LeaderWorkerSets and rolls template changes out across all roles together.",
-    printcolumn(
-        name = "Roles",
-        type_ = "string",
-        json_path = ".status.rolesReady",
-        description = "ready/desired groups per role"
-    ),
-    printcolumn(
-        name = "Revision",
-        type_ = "string",
-        json_path = ".status.updateRevision"
-    ),
-    printcolumn(
-        name = "Available",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Available\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name": "Roles", "type": "string", "jsonPath": ".status.rolesReady", "description": "ready/desired groups per role"}"#,
+    printcolumn = r#"{"name": "Revision", "type": "string", "jsonPath": ".status.updateRevision"}"#,
+    printcolumn = r#"{"name": "Available", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Available\")].status"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{

@@ -144,7 +144,7 @@ pub fn validate(set: &DisaggregatedSet) -> Vec<Violation> {
         .filter(|r| !r.is_external())
         .map(|r| r.spec.replicas)
         .collect();
-    if fixed.iter().any(|r| *r == 0) && fixed.iter().any(|r| *r > 0) {
+    if fixed.contains(&0) && fixed.iter().any(|r| *r > 0) {
         out.push(violation(
             "spec.roles",
             "replicas must be zero for all non-External roles (paused) or non-zero for all of them",

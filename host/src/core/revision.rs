@@ -30,7 +30,7 @@ pub fn revision(spec: &DisaggregatedSetSpec, plugins: &[TemplatePlugin<'_>]) -> 
             .expect("a template serialises to JSON");
         field(&mut h, b"template", canonical_json(&template).as_bytes());
         for p in plugins {
-            if p.roles.is_none_or(|r| r.iter().any(|n| *n == role.name)) {
+            if p.roles.is_none_or(|r| r.contains(&role.name)) {
                 field(&mut h, b"plugin", p.name.as_bytes());
                 field(&mut h, b"digest", p.digest.as_bytes());
                 let config = p.config.cloned().map(Value::Object).unwrap_or(Value::Null);
