@@ -26,7 +26,9 @@ fn mid_rollout(set: &DisaggregatedSet, rev: &str) -> Vec<Child> {
     let mut children = Vec::new();
     for role in &set.spec.roles {
         let n = role.spec.replicas;
-        for (revision, replicas, initial, created) in [("0ld0ld00", n / 2, Some(n), 1), (rev, n - n / 2, None, 2)] {
+        for (revision, replicas, initial, created) in
+            [("0ld0ld00", n / 2, Some(n), 1), (rev, n - n / 2, None, 2)]
+        {
             children.push(Child {
                 name: child_name(&name, 0, revision, &role.name),
                 slice: 0,
