@@ -12,3 +12,4 @@
 pub mod api;
 pub mod core;
 pub mod input;
+pub mod plugin;

@@ -4,6 +4,7 @@
 //! next rollout step from numbers, `execute` turns observed children into the
 //! API writes to make, and `status` summarises it all for the user.
 pub mod execute;
+pub mod patch;
 pub mod plan;
 pub mod render;
 pub mod revision;

@@ -1,0 +1,65 @@
+//! Shared helpers for integration tests: paths, and the guest components,
+//! built once per test binary from this repository's own sources.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+pub fn shared(path: &str) -> PathBuf {
+    match std::env::var_os("DISAGG_SHARED") {
+        Some(dir) => PathBuf::from(dir).join(path),
+        None => repo("../shared").join(path),
+    }
+}
+
+/// Every guest crate of the workspace, built for wasm32-wasip2 with the `plugin` profile.
+pub const GUESTS: &[&str] = &[
+    "role-profile",
+    "ratio-scaler",
+    "rollout-gate",
+    "rust-gate",
+    "hostile",
+    "wrong-version",
+    "bad-import",
+];
+
+/// The path of a guest component, building all of them on first use. A
+/// separate target directory keeps this nested cargo off the outer one's lock.
+pub fn component(crate_name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let target = repo("target/guests");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(repo(""))
+            .args([
+                "build",
+                "--quiet",
+                "--profile",
+                "plugin",
+                "--target",
+                "wasm32-wasip2",
+            ])
+            .arg("--target-dir")
+            .arg(&target);
+        for g in GUESTS {
+            cmd.args(["-p", g]);
+        }
+        let status = cmd
+            .status()
+            .expect("run cargo to build the guest components");
+        assert!(status.success(), "building the guest components failed");
+        target.join("wasm32-wasip2/plugin")
+    });
+    dir.join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}

@@ -1,0 +1,507 @@
+//! The plugin runtime, exercised with real compiled components: the default
+//! plugins, the Rust example, and hostile ones.
+
+mod common;
+
+use common::{component, read, repo};
+use disagg::core::patch::{LwsPatch, apply};
+use disagg::core::render::render_child;
+use disagg::core::revision::revision;
+use disagg::plugin::{
+    GateDecision, GateInput, Hook, Limits, PatchInput, PluginError, RoleReplicas, RoleStep,
+    Runtime, ScaleInput,
+};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn runtime() -> Arc<Runtime> {
+    Runtime::new(Limits::default()).unwrap()
+}
+
+fn load(rt: &Runtime, name: &str) -> Arc<disagg::plugin::LoadedPlugin> {
+    rt.load(name, &read(&component(name)))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn patch_input(
+    set_file: &str,
+    role_index: usize,
+    config: Value,
+) -> (disagg::api::lws::LeaderWorkerSet, PatchInput) {
+    let set = disagg::input::load_set(&repo(set_file)).unwrap();
+    let rev = revision(&set.spec, &[]);
+    let role = &set.spec.roles[role_index];
+    let lws = render_child(&set, role, 0, &rev, role.spec.replicas);
+    let input = PatchInput {
+        set: serde_json::to_string(&set).unwrap(),
+        role: role.name.clone(),
+        slice: 0,
+        revision: rev,
+        lws: serde_json::to_string(&lws).unwrap(),
+        config: config.to_string(),
+    };
+    (lws, input)
+}
+
+fn gate_input(
+    config: Value,
+    held_for_ms: u64,
+    annotations: &[(&str, &str)],
+    now_ms: u64,
+) -> GateInput {
+    GateInput {
+        set_name: "llm".into(),
+        namespace: "default".into(),
+        labels: vec![],
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        revision: "abcd1234".into(),
+        slice: 0,
+        step: 2,
+        total_steps: 4,
+        roles: vec![RoleStep {
+            name: "prefill".into(),
+            old_now: 2,
+            old_next: 2,
+            new_now: 1,
+            new_next: 2,
+            target: 3,
+            ready: true,
+        }],
+        held_for_ms,
+        now_ms,
+        config: config.to_string(),
+    }
+}
+
+fn container(lws: &disagg::api::lws::LeaderWorkerSet) -> Value {
+    lws.spec.leader_worker_template.worker_template.0["spec"]["containers"][0].clone()
+}
+
+#[test]
+fn default_plugins_describe_themselves_and_stay_small() {
+    let rt = runtime();
+    for (name, hook) in [
+        ("role-profile", Hook::PatchRole),
+        ("ratio-scaler", Hook::ScaleRole),
+        ("rollout-gate", Hook::GateStep),
+    ] {
+        let p = load(&rt, name);
+        assert_eq!(p.info.name, name);
+        assert_eq!(p.info.hooks, vec![hook]);
+        assert!(p.size_bytes < 1 << 20, "{name} is {} bytes", p.size_bytes);
+        assert!(p.digest.starts_with("sha256:") && p.digest.len() == 71);
+    }
+}
+
+#[test]
+fn role_profile_vllm_preset_sets_kv_roles_and_peer_addresses() {
+    let rt = runtime();
+    let p = load(&rt, "role-profile");
+    let (lws, input) = patch_input("examples/vllm-pd.yaml", 0, json!({"preset": "vllm"}));
+    let patched = apply(&lws, &rt.patch_role(&p, &input).unwrap()).unwrap();
+    let c = container(&patched);
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let kv: Value = serde_json::from_str(
+        args[args
+            .iter()
+            .position(|a| *a == "--kv-transfer-config")
+            .unwrap()
+            + 1],
+    )
+    .unwrap();
+    assert_eq!(kv["kv_role"], "kv_producer");
+    let env: Vec<(&str, &str)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    let peer = format!(
+        "llama-pd-0-{}-decode.default.svc.cluster.local",
+        input.revision
+    );
+    assert!(
+        env.contains(&("DISAGG_PEER_ADDRESS", peer.as_str())),
+        "{env:?}"
+    );
+    // Identity and replicas are the operator's, whatever the patch does.
+    assert_eq!(patched.metadata.name, lws.metadata.name);
+    assert_eq!(patched.spec.replicas, lws.spec.replicas);
+
+    let (lws, input) = patch_input("examples/vllm-pd.yaml", 1, json!({"preset": "vllm"}));
+    let patched = apply(&lws, &rt.patch_role(&p, &input).unwrap()).unwrap();
+    assert!(
+        container(&patched)["args"]
+            .to_string()
+            .contains("kv_consumer")
+    );
+}
+
+#[test]
+fn role_profile_sglang_preset_and_per_role_patches() {
+    let rt = runtime();
+    let p = load(&rt, "role-profile");
+    let config = json!({"preset": "sglang", "roles": {"decode": {
+        "args": ["--max-running-requests", "256"], "env": {"A": "1"},
+        "resources": {"limits": {"nvidia.com/gpu": "2"}},
+        "nodeSelector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]}}});
+    let (lws, input) = patch_input("examples/sglang-pd.yaml", 1, config.clone());
+    let patched = apply(&lws, &rt.patch_role(&p, &input).unwrap()).unwrap();
+    let c = container(&patched);
+    let args = c["args"].to_string();
+    assert!(
+        args.contains("\"--disaggregation-mode\",\"decode\""),
+        "{args}"
+    );
+    assert!(
+        args.ends_with("\"--max-running-requests\",\"256\"]"),
+        "{args}"
+    );
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "2");
+    let pod = &patched.spec.leader_worker_template.worker_template.0["spec"];
+    assert_eq!(pod["nodeSelector"]["gpu"], "h100");
+    assert_eq!(pod["tolerations"][0]["key"], "gpu");
+    // Prefill has a leader template: both templates are patched.
+    let (lws, input) = patch_input("examples/sglang-pd.yaml", 0, config);
+    let patched = apply(&lws, &rt.patch_role(&p, &input).unwrap()).unwrap();
+    let leader = &patched
+        .spec
+        .leader_worker_template
+        .leader_template
+        .as_ref()
+        .unwrap()
+        .0;
+    assert!(
+        leader["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("--disaggregation-bootstrap-port")
+    );
+    // A bad config is the plugin's error, in words.
+    let (_, bad) = patch_input("examples/sglang-pd.yaml", 0, json!({"preset": "tensorrt"}));
+    let err = rt.patch_role(&p, &bad).unwrap_err();
+    assert!(
+        matches!(&err, PluginError::Failed { message, .. } if message.contains("invalid config")),
+        "{err}"
+    );
+}
+
+fn scale(
+    rt: &Runtime,
+    p: &disagg::plugin::LoadedPlugin,
+    role: &str,
+    prefill: i32,
+    config: Value,
+) -> Result<Option<i32>, PluginError> {
+    let input = ScaleInput {
+        set: "{}".into(),
+        roles: vec![
+            RoleReplicas {
+                name: "prefill".into(),
+                desired: prefill,
+                observed: prefill,
+                ready: prefill,
+            },
+            RoleReplicas {
+                name: "decode".into(),
+                desired: 1,
+                observed: 1,
+                ready: 1,
+            },
+        ],
+        role: role.into(),
+        config: config.to_string(),
+    };
+    rt.scale_role(p, &input).map(|a| a.map(|a| a.replicas))
+}
+
+#[test]
+fn ratio_scaler_keeps_the_ratio_within_bounds() {
+    let rt = runtime();
+    let p = load(&rt, "ratio-scaler");
+    let cfg = json!({"role": "decode", "of": "prefill", "ratio": 1.5, "min": 2, "max": 10});
+    assert_eq!(scale(&rt, &p, "decode", 3, cfg.clone()).unwrap(), Some(5));
+    assert_eq!(scale(&rt, &p, "decode", 0, cfg.clone()).unwrap(), Some(2));
+    assert_eq!(scale(&rt, &p, "decode", 40, cfg.clone()).unwrap(), Some(10));
+    assert_eq!(scale(&rt, &p, "prefill", 3, cfg).unwrap(), None);
+    let err = scale(
+        &rt,
+        &p,
+        "decode",
+        3,
+        json!({"role": "decode", "of": "encode", "ratio": 1}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no role \"encode\""), "{err}");
+}
+
+#[test]
+fn rollout_gate_holds_for_bake_time_approval_and_windows() {
+    let rt = runtime();
+    let p = load(&rt, "rollout-gate");
+    let hold_reason = |d: GateDecision| match d {
+        GateDecision::Hold(h) => Some(h.reason),
+        GateDecision::Proceed => None,
+    };
+    // 2026-11-24 (a Tuesday) 10:00 UTC.
+    let tuesday_10 = 1_795_514_400_000u64;
+    let bake = json!({"bakeSeconds": 60});
+    assert!(
+        hold_reason(
+            rt.gate_step(&p, &gate_input(bake.clone(), 30_000, &[], tuesday_10))
+                .unwrap()
+        )
+        .unwrap()
+        .contains("baking")
+    );
+    assert_eq!(
+        rt.gate_step(&p, &gate_input(bake, 61_000, &[], tuesday_10))
+            .unwrap(),
+        GateDecision::Proceed
+    );
+
+    let approval = json!({"requireApproval": true});
+    let held = hold_reason(
+        rt.gate_step(&p, &gate_input(approval.clone(), 0, &[], tuesday_10))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(held.contains("approve-step: \"2\""), "{held}");
+    let wrong = [("disaggregatedset.x-k8s.io/approve-step", "1")];
+    assert!(
+        hold_reason(
+            rt.gate_step(&p, &gate_input(approval.clone(), 0, &wrong, tuesday_10))
+                .unwrap()
+        )
+        .is_some()
+    );
+    let right = [("disaggregatedset.x-k8s.io/approve-step", "2")];
+    assert_eq!(
+        rt.gate_step(&p, &gate_input(approval, 0, &right, tuesday_10))
+            .unwrap(),
+        GateDecision::Proceed
+    );
+
+    let office = json!({"windows": [{"days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "start": "09:00", "end": "17:00"}]});
+    assert_eq!(
+        rt.gate_step(&p, &gate_input(office.clone(), 0, &[], tuesday_10))
+            .unwrap(),
+        GateDecision::Proceed
+    );
+    let tuesday_20 = tuesday_10 + 10 * 3_600_000;
+    assert!(
+        hold_reason(
+            rt.gate_step(&p, &gate_input(office.clone(), 0, &[], tuesday_20))
+                .unwrap()
+        )
+        .unwrap()
+        .contains("outside")
+    );
+    let saturday_10 = tuesday_10 + 4 * 86_400_000;
+    assert!(
+        hold_reason(
+            rt.gate_step(&p, &gate_input(office, 0, &[], saturday_10))
+                .unwrap()
+        )
+        .is_some()
+    );
+    let night = json!({"windows": [{"start": "22:00", "end": "02:00"}]});
+    assert_eq!(
+        rt.gate_step(
+            &p,
+            &gate_input(night.clone(), 0, &[], tuesday_10 - 9 * 3_600_000)
+        )
+        .unwrap(),
+        GateDecision::Proceed
+    );
+    assert!(
+        hold_reason(
+            rt.gate_step(&p, &gate_input(night, 0, &[], tuesday_10))
+                .unwrap()
+        )
+        .is_some()
+    );
+
+    let mut not_ready = gate_input(json!({}), 0, &[], tuesday_10);
+    not_ready.roles[0].ready = false;
+    assert!(
+        hold_reason(rt.gate_step(&p, &not_ready).unwrap())
+            .unwrap()
+            .contains("not ready")
+    );
+    let err = rt
+        .gate_step(
+            &p,
+            &gate_input(
+                json!({"windows": [{"start": "9am", "end": "5pm"}]}),
+                0,
+                &[],
+                tuesday_10,
+            ),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("must be HH:MM"), "{err}");
+}
+
+#[test]
+fn calling_a_hook_a_plugin_does_not_implement_is_an_error() {
+    let rt = runtime();
+    let p = load(&rt, "ratio-scaler");
+    let err = rt
+        .gate_step(&p, &gate_input(json!({}), 0, &[], 0))
+        .unwrap_err();
+    assert_eq!(err.reason(), "PluginHookMissing");
+}
+
+/// Each hostile behaviour gives its typed error within its limit, and a
+/// healthy plugin still works right after.
+#[test]
+fn hostile_plugins_fail_with_typed_errors_and_do_not_poison_the_runtime() {
+    let rt = runtime();
+    let hostile = load(&rt, "hostile");
+    let healthy = load(&rt, "ratio-scaler");
+    let cfg = json!({"role": "decode", "of": "prefill", "ratio": 2});
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
+    for (mode, reason, max) in [
+        ("loop", "PluginTimeout", Duration::from_millis(600)),
+        ("trap", "PluginTrapped", Duration::from_millis(600)),
+        ("oom", "PluginOutOfMemory", Duration::from_secs(2)),
+        ("flood", "PluginOutputTooLarge", Duration::from_secs(2)),
+        ("big-output", "PluginOutputTooLarge", Duration::from_secs(2)),
+    ] {
+        let input = PatchInput {
+            config: json!({"mode": mode}).to_string(),
+            ..base.clone()
+        };
+        let started = Instant::now();
+        let err = rt.patch_role(&hostile, &input).unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(err.reason(), reason, "{mode}: {err}");
+        assert!(err.to_string().contains("plugin hostile"), "{err}");
+        assert!(took < max, "{mode} took {took:?}");
+        assert_eq!(
+            scale(&rt, &healthy, "decode", 2, cfg.clone()).unwrap(),
+            Some(4),
+            "after {mode}"
+        );
+    }
+    // The trap carries the plugin's own panic message.
+    let input = PatchInput {
+        config: json!({"mode": "trap"}).to_string(),
+        ..base.clone()
+    };
+    let err = rt.patch_role(&hostile, &input).unwrap_err().to_string();
+    assert!(err.contains("panics on purpose"), "{err}");
+    // A patch that is JSON but not a patch is refused when applied.
+    let input = PatchInput {
+        config: json!({"mode": "garbage"}).to_string(),
+        ..base.clone()
+    };
+    let patch = rt.patch_role(&hostile, &input).unwrap();
+    assert!(matches!(patch, LwsPatch::Json(_)));
+    let (lws, _) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
+    assert!(
+        apply(&lws, &patch)
+            .unwrap_err()
+            .contains("not an RFC 6902 JSON patch")
+    );
+    // A gate that always holds is not an error: the hold is the answer.
+    let timeout = rt.gate_step(
+        &hostile,
+        &GateInput {
+            config: json!({"mode": "loop"}).to_string(),
+            ..gate_input(json!({}), 0, &[], 0)
+        },
+    );
+    assert_eq!(timeout.unwrap_err().reason(), "PluginTimeout");
+}
+
+#[test]
+fn components_the_host_cannot_serve_are_rejected_at_load() {
+    let rt = runtime();
+    match rt.load("future", &read(&component("wrong-version"))) {
+        Err(PluginError::IncompatibleVersion {
+            found, supported, ..
+        }) => {
+            assert_eq!(found, "disaggregatedset:plugin/hooks@0.2.0");
+            assert_eq!(
+                supported,
+                vec!["disaggregatedset:plugin/hooks@0.1.0".to_string()]
+            );
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    let err = rt
+        .load("sneaky", &read(&component("bad-import")))
+        .err()
+        .unwrap();
+    assert_eq!(err.reason(), "PluginInvalid");
+    assert!(err.to_string().contains("evil:net/socket"), "{err}");
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let err = rt.load("noise", &noise).err().unwrap();
+    assert_eq!(err.reason(), "PluginInvalid");
+    // The runtime still serves good components after all that.
+    load(&rt, "rollout-gate");
+}
+
+#[test]
+fn gzip_components_load_with_the_digest_of_their_contents() {
+    use std::io::Write;
+    let rt = runtime();
+    let bytes = read(&component("rollout-gate"));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&bytes).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < bytes.len());
+    let a = rt.load("rollout-gate", &bytes).unwrap();
+    let b = rt.load("rollout-gate", &gz).unwrap();
+    assert_eq!(a.digest, b.digest);
+    assert_eq!(Runtime::digest(&gz).unwrap(), a.digest);
+}
+
+#[test]
+fn deadlines_are_configurable() {
+    let rt = Runtime::new(Limits {
+        deadline: Duration::from_millis(20),
+        ..Limits::default()
+    })
+    .unwrap();
+    let hostile = load(&rt, "hostile");
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "loop"}));
+    let started = Instant::now();
+    let err = rt.patch_role(&hostile, &base).unwrap_err();
+    assert!(
+        matches!(err, PluginError::Timeout { limit_ms: 20, .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_calls_leave_the_executor_free() {
+    let rt = runtime();
+    let hostile = load(&rt, "hostile");
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "loop"}));
+    // While the hostile call spins for its 100 ms, this single-threaded executor keeps ticking.
+    let call = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.patch_role_async(hostile, base).await }
+    });
+    let mut ticks = 0;
+    while !call.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        ticks += 1;
+    }
+    assert!(ticks >= 5, "executor blocked: {ticks} ticks");
+    assert_eq!(call.await.unwrap().unwrap_err().reason(), "PluginTimeout");
+}
