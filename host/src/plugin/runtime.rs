@@ -280,7 +280,7 @@ impl Runtime {
             .map(|(n, _)| n.to_string())
             .collect();
         let wanted = format!("{HOOKS_EXPORT}@{CONTRACT_VERSION}");
-        if exports.iter().any(|e| *e == wanted) {
+        if exports.contains(&wanted) {
             return Ok(());
         }
         if let Some(other) = exports.iter().find(|e| e.starts_with(HOOKS_EXPORT)) {
