@@ -8,9 +8,13 @@ use disagg::core::execute::{Target, target_for};
 use disagg::core::render::render_child;
 use disagg::core::revision::revision;
 use disagg::core::simulate;
+use disagg::core::revision::TemplatePlugin;
 use disagg::input::{InputError, load_plan_cases, load_set};
+use disagg::plugin::bindings::{self, Failure};
+use disagg::plugin::{CONTRACT_VERSION, Hook, Limits, Runtime};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -41,11 +45,30 @@ enum Command {
         /// An earlier version of the set: also print the rollout from it to FILE, as YAML comments.
         #[arg(long = "revision-from")]
         revision_from: Option<PathBuf>,
+        /// A plugin component for the set's bindings (`spec.plugins`), as NAME=FILE.wasm[.gz]. Repeatable.
+        #[arg(long = "plugin", value_name = "NAME=FILE")]
+        plugins: Vec<String>,
+    },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load and check a component; print {name, version, world, hooks, sizeBytes, compileMillis} as JSON.
+    Check {
+        /// The component (`.wasm`, or gzip-compressed `.wasm.gz`).
+        file: PathBuf,
     },
 }
 
 /// Exit code for bad input (like clap's usage errors).
 const BAD_INPUT: u8 = 2;
+/// Exit code when a plugin under failure policy Fail kept some children from rendering.
+const PLUGIN_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -55,21 +78,43 @@ fn main() -> ExitCode {
         Command::Render {
             file,
             revision_from,
-        } => render(&file, revision_from.as_deref()),
+            plugins,
+        } => render(&file, revision_from.as_deref(), &plugins),
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => plugin_check(&file),
     };
     match result {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(CliError::Partial(out)) => {
+            print!("{out}");
+            ExitCode::from(PLUGIN_FAILED)
+        }
+        Err(CliError::Input(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(BAD_INPUT)
         }
     }
 }
 
-fn plan(file: &std::path::Path) -> Result<String, InputError> {
+/// Why a command did not fully succeed.
+enum CliError {
+    /// Bad input: nothing printed but the error.
+    Input(InputError),
+    /// A plugin under failure policy Fail stopped some roles; the rest is printed.
+    Partial(String),
+}
+
+impl From<InputError> for CliError {
+    fn from(e: InputError) -> Self {
+        CliError::Input(e)
+    }
+}
+
+fn plan(file: &Path) -> Result<String, CliError> {
     let mut cases = load_plan_cases(file)?;
     for case in &mut cases {
         case.solve();
@@ -79,39 +124,145 @@ fn plan(file: &std::path::Path) -> Result<String, InputError> {
     Ok(out)
 }
 
-fn target_of(set: &DisaggregatedSet) -> Target {
+fn target_of(set: &DisaggregatedSet, plugins: &[TemplatePlugin<'_>]) -> Target {
     // Offline there are no scalers: External roles use their spec replicas as the seed.
-    target_for(set, &revision(&set.spec, &[]), |r| r.spec.replicas)
+    target_for(set, &revision(&set.spec, plugins), |r| r.spec.replicas)
 }
 
-fn render(file: &std::path::Path, from: Option<&std::path::Path>) -> Result<String, InputError> {
+fn render(file: &Path, from: Option<&Path>, plugin_args: &[String]) -> Result<String, CliError> {
     let set = load_set(file)?;
-    let target = target_of(&set);
+    let runtime = (!plugin_args.is_empty() || !set.spec.plugins.is_empty())
+        .then(|| Runtime::new(Limits::default()))
+        .transpose()
+        .map_err(|e| input_error(file, e))?;
+    let mut loaded = BTreeMap::new();
+    for arg in plugin_args {
+        let (name, path) = arg
+            .split_once('=')
+            .ok_or_else(|| input_error(file, format!("--plugin {arg:?}: expected NAME=FILE.wasm")))?;
+        let bytes = std::fs::read(path).map_err(|e| input_error(Path::new(path), format!("cannot read: {e}")))?;
+        let rt = runtime.as_ref().expect("a runtime exists when plugins are given");
+        let plugin = rt.load(name, &bytes).map_err(|e| input_error(Path::new(path), e.to_string()))?;
+        loaded.insert(name.to_string(), plugin);
+    }
+    let (bound, mut failures) = bindings::resolve(&set, |n| loaded.get(n).cloned());
+    let mut warnings = String::new();
+    if let Some(rt) = &runtime {
+        let (violations, validate_failures) = bindings::validate(rt, &set, &bound);
+        failures.extend(validate_failures);
+        if !violations.is_empty() {
+            let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return Err(input_error(file, format!("Valid=False (PluginViolation): {}", list.join("; "))).into());
+        }
+    }
+    let template = bindings::template_plugins(&bound);
+    let mut target = target_of(&set, &template);
+    if let Some(rt) = &runtime {
+        let mut desired: BTreeMap<String, i32> = target.roles.iter().map(|r| (r.name.clone(), r.replicas)).collect();
+        failures.extend(bindings::scale(rt, &set, &bound, &mut desired, &BTreeMap::new()));
+        for r in &mut target.roles {
+            r.replicas = desired[&r.name];
+        }
+    }
+    // A set-wide failure under Fail (missing plugin, pin mismatch, validate error) stops every role.
+    let stop_all = failures.iter().any(|f| f.blocks() && f.role.is_none());
+    let set_json = serde_json::to_string(&set).expect("a set serialises");
     let mut out = String::new();
     for slice in 0..set.spec.slices {
         for (role, t) in set.spec.roles.iter().zip(&target.roles) {
+            if stop_all || failures.iter().any(|f| f.blocks() && f.role.as_deref() == Some(&role.name)) {
+                continue;
+            }
             let child = render_child(&set, role, slice, &target.revision, t.replicas);
+            let child = match &runtime {
+                None => child,
+                Some(rt) => {
+                    let (result, skipped) = bindings::patch(rt, &set_json, &bound, &role.name, slice, &target.revision, child);
+                    failures.extend(skipped);
+                    match result {
+                        Ok(c) => c,
+                        Err(f) => {
+                            failures.push(f);
+                            continue;
+                        }
+                    }
+                }
+            };
             out.push_str("---\n");
             out.push_str(&serde_yaml_ng::to_string(&child).expect("an LWS serialises"));
         }
     }
+    for f in &failures {
+        let effect = if f.blocks() {
+            match &f.role {
+                Some(r) => format!("role {r} left unchanged (failurePolicy Fail)"),
+                None => "set left unchanged (failurePolicy Fail)".into(),
+            }
+        } else {
+            "plugin skipped (failurePolicy Ignore)".into()
+        };
+        let _ = writeln!(warnings, "Warning {}: {}; {effect}", f.reason, f.message);
+    }
+    eprint!("{warnings}");
     if let Some(from) = from {
         let old = load_set(from)?;
-        let old_target = target_of(&old);
         if old.metadata.name != set.metadata.name {
-            return Err(InputError {
-                file: from.display().to_string(),
-                message: format!(
+            return Err(input_error(
+                from,
+                format!(
                     "metadata.name: {:?} differs from {:?} in {}; a rollout is between two versions of one set",
                     old.metadata.name.unwrap_or_default(),
                     set.metadata.name.unwrap_or_default(),
                     file.display()
                 ),
-            });
+            )
+            .into());
         }
-        out.push_str(&rollout_comment(&old_target, &target));
+        out.push_str(&rollout_comment(&target_of(&old, &[]), &target));
+    }
+    if failures.iter().any(Failure::blocks) {
+        return Err(CliError::Partial(out));
     }
     Ok(out)
+}
+
+fn input_error(file: &Path, message: impl Into<String>) -> InputError {
+    InputError {
+        file: file.display().to_string(),
+        message: message.into(),
+    }
+}
+
+fn plugin_check(file: &Path) -> Result<String, CliError> {
+    let bytes = std::fs::read(file).map_err(|e| input_error(file, format!("cannot read: {e}")))?;
+    let rt = Runtime::new(Limits::default()).map_err(|e| input_error(file, e))?;
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches(".gz").trim_end_matches(".wasm"))
+        .unwrap_or("plugin");
+    let p = rt.load(name, &bytes).map_err(|e| input_error(file, e.to_string()))?;
+    let hooks: Vec<&str> = p
+        .info
+        .hooks
+        .iter()
+        .map(|h| match h {
+            Hook::PatchRole => "patch-role",
+            Hook::ScaleRole => "scale-role",
+            Hook::GateStep => "gate-step",
+            Hook::Validate => "validate",
+        })
+        .collect();
+    let report = serde_json::json!({
+        "name": p.info.name,
+        "version": p.info.version,
+        "world": format!("disaggregatedset:plugin/plugin@{CONTRACT_VERSION}"),
+        "hooks": hooks,
+        "digest": p.digest,
+        "sizeBytes": bytes.len(),
+        "compileMillis": (p.compile_time.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+    });
+    Ok(format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON")))
 }
 
 /// The rollout from `old` to `new`, per slice, as YAML comments so the stream stays applyable.

@@ -13,6 +13,7 @@
 //! * Calls are synchronous and CPU-bound; async callers use the `*_async`
 //!   wrappers, which run them on tokio's blocking pool.
 
+pub mod bindings;
 mod error;
 mod runtime;
 

@@ -10,7 +10,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-mod bindings {
+mod wit_world {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "plugin",
@@ -18,8 +18,8 @@ mod bindings {
     });
 }
 
-use bindings::disaggregatedset::plugin::types as wit;
-use bindings::{Plugin, PluginPre};
+use wit_world::disaggregatedset::plugin::types as wit;
+use wit_world::{Plugin, PluginPre};
 
 pub use wit::{GateDecision, Hook, RoleReplicas, RoleStep, ScaleAdvice, Violation};
 /// Input of `patch-role`.
@@ -101,7 +101,7 @@ impl WasiView for State {
 
 impl wit::Host for State {}
 
-impl bindings::disaggregatedset::plugin::host::Host for State {
+impl wit_world::disaggregatedset::plugin::host::Host for State {
     fn log(&mut self, level: wit::Level, message: String) {
         let plugin = self.plugin.as_str();
         let message = truncate(&message, 4096);
@@ -599,8 +599,10 @@ fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The error chain on one line (wasmtime's messages span several).
 fn root_cause(e: &wasmtime::Error) -> String {
-    truncate(&format!("{e:#}"), 2048)
+    let text = format!("{e:#}");
+    truncate(&text.split_whitespace().collect::<Vec<_>>().join(" "), 2048)
 }
 
 fn truncate(s: &str, max: usize) -> String {
