@@ -31,7 +31,7 @@ extern crate self as disagg_plugin_sdk;
 mod patch;
 mod types;
 
-pub use patch::{PodPatch, Template};
+pub use patch::PodPatch;
 pub use serde_json::{self, Map, Value, json};
 pub use types::*;
 

@@ -33,16 +33,15 @@ fn config_as<T: DeserializeOwned>(config: &Value) -> Result<T, String> {
     serde_json::from_value(config.clone()).map_err(|e| format!("invalid config: {e}"))
 }
 
-/// Input of `patch-role`.
+/// Input of `patch-role`. The set and the LWS stay JSON text until asked
+/// for: most plugins need only a little of them, and parsing is the costly part.
 #[derive(Clone, Debug)]
 pub struct PatchRequest {
-    /// The whole DisaggregatedSet object.
-    pub set: Value,
+    set_json: String,
     pub role: String,
     pub slice: u32,
     pub revision: String,
-    /// The LeaderWorkerSet rendered so far.
-    pub lws: Value,
+    lws_json: String,
     /// The binding's config (`{}` when absent).
     pub config: Value,
 }
@@ -50,11 +49,11 @@ pub struct PatchRequest {
 impl PatchRequest {
     pub(crate) fn from_wit(r: wit::PatchRequest) -> Result<Self, String> {
         Ok(PatchRequest {
-            set: parse("set", &r.set)?,
+            set_json: r.set,
             role: r.role,
             slice: r.slice,
             revision: r.revision,
-            lws: parse("lws", &r.lws)?,
+            lws_json: r.lws,
             config: parse("config", &r.config)?,
         })
     }
@@ -64,14 +63,40 @@ impl PatchRequest {
         config_as(&self.config)
     }
 
-    /// The set's name and namespace.
-    pub fn set_name(&self) -> &str {
-        self.set["metadata"]["name"].as_str().unwrap_or_default()
+    /// The rendered LeaderWorkerSet as JSON text (for [`crate::PodPatch::new`]).
+    pub fn lws_json(&self) -> &str {
+        &self.lws_json
     }
-    pub fn namespace(&self) -> &str {
-        self.set["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
+
+    /// The rendered LeaderWorkerSet, parsed.
+    pub fn lws(&self) -> Result<Value, String> {
+        parse("lws", &self.lws_json)
+    }
+
+    /// The whole DisaggregatedSet, parsed.
+    pub fn set(&self) -> Result<Value, String> {
+        parse("set", &self.set_json)
+    }
+
+    /// The set's name and namespace, read without parsing the rest.
+    pub fn set_meta(&self) -> Result<(String, String), String> {
+        #[derive(serde::Deserialize)]
+        struct Obj {
+            metadata: Meta,
+        }
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            #[serde(default)]
+            name: String,
+            #[serde(default)]
+            namespace: Option<String>,
+        }
+        let o: Obj = serde_json::from_str(&self.set_json)
+            .map_err(|e| format!("host sent an invalid set: {e}"))?;
+        Ok((
+            o.metadata.name,
+            o.metadata.namespace.unwrap_or_else(|| "default".into()),
+        ))
     }
 }
 

@@ -6,9 +6,9 @@ use disagg::api::crd::crds_yaml;
 use disagg::api::set::DisaggregatedSet;
 use disagg::core::execute::{Target, target_for};
 use disagg::core::render::render_child;
+use disagg::core::revision::TemplatePlugin;
 use disagg::core::revision::revision;
 use disagg::core::simulate;
-use disagg::core::revision::TemplatePlugin;
 use disagg::input::{InputError, load_plan_cases, load_set};
 use disagg::plugin::bindings::{self, Failure};
 use disagg::plugin::{CONTRACT_VERSION, Hook, Limits, Runtime};
@@ -137,12 +137,17 @@ fn render(file: &Path, from: Option<&Path>, plugin_args: &[String]) -> Result<St
         .map_err(|e| input_error(file, e))?;
     let mut loaded = BTreeMap::new();
     for arg in plugin_args {
-        let (name, path) = arg
-            .split_once('=')
-            .ok_or_else(|| input_error(file, format!("--plugin {arg:?}: expected NAME=FILE.wasm")))?;
-        let bytes = std::fs::read(path).map_err(|e| input_error(Path::new(path), format!("cannot read: {e}")))?;
-        let rt = runtime.as_ref().expect("a runtime exists when plugins are given");
-        let plugin = rt.load(name, &bytes).map_err(|e| input_error(Path::new(path), e.to_string()))?;
+        let (name, path) = arg.split_once('=').ok_or_else(|| {
+            input_error(file, format!("--plugin {arg:?}: expected NAME=FILE.wasm"))
+        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| input_error(Path::new(path), format!("cannot read: {e}")))?;
+        let rt = runtime
+            .as_ref()
+            .expect("a runtime exists when plugins are given");
+        let plugin = rt
+            .load(name, &bytes)
+            .map_err(|e| input_error(Path::new(path), e.to_string()))?;
         loaded.insert(name.to_string(), plugin);
     }
     let (bound, mut failures) = bindings::resolve(&set, |n| loaded.get(n).cloned());
@@ -152,14 +157,28 @@ fn render(file: &Path, from: Option<&Path>, plugin_args: &[String]) -> Result<St
         failures.extend(validate_failures);
         if !violations.is_empty() {
             let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
-            return Err(input_error(file, format!("Valid=False (PluginViolation): {}", list.join("; "))).into());
+            return Err(input_error(
+                file,
+                format!("Valid=False (PluginViolation): {}", list.join("; ")),
+            )
+            .into());
         }
     }
     let template = bindings::template_plugins(&bound);
     let mut target = target_of(&set, &template);
     if let Some(rt) = &runtime {
-        let mut desired: BTreeMap<String, i32> = target.roles.iter().map(|r| (r.name.clone(), r.replicas)).collect();
-        failures.extend(bindings::scale(rt, &set, &bound, &mut desired, &BTreeMap::new()));
+        let mut desired: BTreeMap<String, i32> = target
+            .roles
+            .iter()
+            .map(|r| (r.name.clone(), r.replicas))
+            .collect();
+        failures.extend(bindings::scale(
+            rt,
+            &set,
+            &bound,
+            &mut desired,
+            &BTreeMap::new(),
+        ));
         for r in &mut target.roles {
             r.replicas = desired[&r.name];
         }
@@ -170,14 +189,26 @@ fn render(file: &Path, from: Option<&Path>, plugin_args: &[String]) -> Result<St
     let mut out = String::new();
     for slice in 0..set.spec.slices {
         for (role, t) in set.spec.roles.iter().zip(&target.roles) {
-            if stop_all || failures.iter().any(|f| f.blocks() && f.role.as_deref() == Some(&role.name)) {
+            if stop_all
+                || failures
+                    .iter()
+                    .any(|f| f.blocks() && f.role.as_deref() == Some(&role.name))
+            {
                 continue;
             }
             let child = render_child(&set, role, slice, &target.revision, t.replicas);
             let child = match &runtime {
                 None => child,
                 Some(rt) => {
-                    let (result, skipped) = bindings::patch(rt, &set_json, &bound, &role.name, slice, &target.revision, child);
+                    let (result, skipped) = bindings::patch(
+                        rt,
+                        &set_json,
+                        &bound,
+                        &role.name,
+                        slice,
+                        &target.revision,
+                        child,
+                    );
                     failures.extend(skipped);
                     match result {
                         Ok(c) => c,
@@ -241,7 +272,9 @@ fn plugin_check(file: &Path) -> Result<String, CliError> {
         .and_then(|n| n.to_str())
         .map(|n| n.trim_end_matches(".gz").trim_end_matches(".wasm"))
         .unwrap_or("plugin");
-    let p = rt.load(name, &bytes).map_err(|e| input_error(file, e.to_string()))?;
+    let p = rt
+        .load(name, &bytes)
+        .map_err(|e| input_error(file, e.to_string()))?;
     let hooks: Vec<&str> = p
         .info
         .hooks
@@ -262,7 +295,10 @@ fn plugin_check(file: &Path) -> Result<String, CliError> {
         "sizeBytes": bytes.len(),
         "compileMillis": (p.compile_time.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
     });
-    Ok(format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON")))
+    Ok(format!(
+        "{}\n",
+        serde_json::to_string_pretty(&report).expect("JSON")
+    ))
 }
 
 /// The rollout from `old` to `new`, per slice, as YAML comments so the stream stays applyable.

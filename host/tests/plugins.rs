@@ -507,14 +507,21 @@ async fn async_calls_leave_the_executor_free() {
 }
 
 fn disagg(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_disagg")).args(args).output().unwrap()
+    std::process::Command::new(env!("CARGO_BIN_EXE_disagg"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn cli_plugin_check_reports_the_component() {
     let path = component("rollout-gate");
     let out = disagg(&["plugin", "check", path.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["name"], "rollout-gate");
     assert_eq!(v["world"], "disaggregatedset:plugin/plugin@0.1.0");
@@ -534,25 +541,63 @@ fn cli_render_applies_the_sets_plugin_bindings() {
     let arg = |name: &str| format!("{name}={}", component(name).display());
     let set = repo("examples/vllm-pd-plugins.yaml");
     let set = set.to_str().unwrap();
-    let (rp, rs, rg) = (arg("role-profile"), arg("ratio-scaler"), arg("rollout-gate"));
-    let out = disagg(&["render", "-f", set, "--plugin", &rp, "--plugin", &rs, "--plugin", &rg]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (rp, rs, rg) = (
+        arg("role-profile"),
+        arg("ratio-scaler"),
+        arg("rollout-gate"),
+    );
+    let out = disagg(&[
+        "render", "-f", set, "--plugin", &rp, "--plugin", &rs, "--plugin", &rg,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
     assert_eq!(docs.len(), 2);
     // ratio-scaler: decode = 2 × prefill's 2.
     assert_eq!(docs[1]["spec"]["replicas"], 4);
-    assert!(docs[0]["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]["args"].to_string().contains("kv_producer"));
+    assert!(
+        docs[0]["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("kv_producer")
+    );
     // A template plugin is part of the revision.
-    let plain = disagg(&["render", "-f", repo("examples/vllm-pd.yaml").to_str().unwrap()]);
-    let plain: Value = serde_yaml_ng::from_str(String::from_utf8(plain.stdout).unwrap().split("---\n").nth(1).unwrap()).unwrap();
-    assert_ne!(plain["metadata"]["labels"]["disaggregatedset.x-k8s.io/revision"], docs[0]["metadata"]["labels"]["disaggregatedset.x-k8s.io/revision"]);
+    let plain = disagg(&[
+        "render",
+        "-f",
+        repo("examples/vllm-pd.yaml").to_str().unwrap(),
+    ]);
+    let plain: Value = serde_yaml_ng::from_str(
+        String::from_utf8(plain.stdout)
+            .unwrap()
+            .split("---\n")
+            .nth(1)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(
+        plain["metadata"]["labels"]["disaggregatedset.x-k8s.io/revision"],
+        docs[0]["metadata"]["labels"]["disaggregatedset.x-k8s.io/revision"]
+    );
 
     // Missing plugins: ratio-scaler (Fail) stops the set, rollout-gate (Ignore) is skipped; both are reported.
     let out = disagg(&["render", "-f", set, "--plugin", &rp]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("Warning PluginMissing: plugin ratio-scaler") && err.contains("set left unchanged (failurePolicy Fail)"), "{err}");
-    assert!(err.contains("plugin rollout-gate") && err.contains("plugin skipped (failurePolicy Ignore)"), "{err}");
+    assert!(
+        err.contains("Warning PluginMissing: plugin ratio-scaler")
+            && err.contains("set left unchanged (failurePolicy Fail)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("plugin rollout-gate")
+            && err.contains("plugin skipped (failurePolicy Ignore)"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
 }

@@ -2,7 +2,9 @@
 //! which plugin runs for which role, in list order, and what a failure does.
 //! Shared by `disagg render --plugin` and the controller; no kube here.
 
-use super::{GateDecision, GateInput, Hook, LoadedPlugin, PatchInput, PluginError, Runtime, ScaleInput};
+use super::{
+    GateDecision, GateInput, Hook, LoadedPlugin, PatchInput, PluginError, Runtime, ScaleInput,
+};
 use crate::api::lws::LeaderWorkerSet;
 use crate::api::set::{DisaggregatedSet, FailurePolicy, PluginBinding};
 use crate::api::validate::Violation;
@@ -20,7 +22,10 @@ pub struct Bound {
 
 impl Bound {
     fn applies_to(&self, role: &str) -> bool {
-        self.binding.roles.as_ref().is_none_or(|r| r.iter().any(|n| n == role))
+        self.binding
+            .roles
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|n| n == role))
     }
 
     fn config_json(&self) -> String {
@@ -79,12 +84,18 @@ pub fn resolve(
         match lookup(&b.name) {
             None => failures.push(fail(
                 "PluginMissing",
-                format!("plugin {}: not found (no ConfigMap or file provides it)", b.name),
+                format!(
+                    "plugin {}: not found (no ConfigMap or file provides it)",
+                    b.name
+                ),
             )),
             Some(p) => match &b.digest {
                 Some(pin) if *pin != p.digest => failures.push(fail(
                     "PluginDigestMismatch",
-                    format!("plugin {}: pinned to {pin} but {} is available", b.name, p.digest),
+                    format!(
+                        "plugin {}: pinned to {pin} but {} is available",
+                        b.name, p.digest
+                    ),
                 )),
                 _ => bound.push(Bound {
                     binding: b.clone(),
@@ -111,7 +122,11 @@ pub fn template_plugins(bound: &[Bound]) -> Vec<TemplatePlugin<'_>> {
 }
 
 /// Runs every `validate` hook. Violations are prefixed with the plugin's name.
-pub fn validate(rt: &Runtime, set: &DisaggregatedSet, bound: &[Bound]) -> (Vec<Violation>, Vec<Failure>) {
+pub fn validate(
+    rt: &Runtime,
+    set: &DisaggregatedSet,
+    bound: &[Bound],
+) -> (Vec<Violation>, Vec<Failure>) {
     let set_json = serde_json::to_string(set).expect("a set serialises");
     let mut violations = Vec::new();
     let mut failures = Vec::new();
@@ -138,7 +153,10 @@ pub fn scale(
 ) -> Vec<Failure> {
     let set_json = serde_json::to_string(set).expect("a set serialises");
     let mut failures = Vec::new();
-    for b in bound.iter().filter(|b| b.plugin.implements(Hook::ScaleRole)) {
+    for b in bound
+        .iter()
+        .filter(|b| b.plugin.implements(Hook::ScaleRole))
+    {
         for role in &set.spec.roles {
             if !b.applies_to(&role.name) {
                 continue;
@@ -187,7 +205,10 @@ pub fn patch(
     mut lws: LeaderWorkerSet,
 ) -> (Result<LeaderWorkerSet, Failure>, Vec<Failure>) {
     let mut skipped = Vec::new();
-    for b in bound.iter().filter(|b| b.plugin.implements(Hook::PatchRole) && b.applies_to(role)) {
+    for b in bound
+        .iter()
+        .filter(|b| b.plugin.implements(Hook::PatchRole) && b.applies_to(role))
+    {
         let input = PatchInput {
             set: set_json.to_string(),
             role: role.to_string(),
@@ -218,7 +239,11 @@ pub fn patch(
 
 /// Asks every gate in order; the first hold wins. A failing gate under Fail holds
 /// (the step is not taken); under Ignore it is skipped.
-pub fn gate(rt: &Runtime, bound: &[Bound], input: &GateInput) -> (Option<(String, String, u64)>, Vec<Failure>) {
+pub fn gate(
+    rt: &Runtime,
+    bound: &[Bound],
+    input: &GateInput,
+) -> (Option<(String, String, u64)>, Vec<Failure>) {
     let mut failures = Vec::new();
     for b in bound.iter().filter(|b| b.plugin.implements(Hook::GateStep)) {
         let input = GateInput {
@@ -227,7 +252,12 @@ pub fn gate(rt: &Runtime, bound: &[Bound], input: &GateInput) -> (Option<(String
         };
         match rt.gate_step(&b.plugin, &input) {
             Ok(GateDecision::Proceed) => {}
-            Ok(GateDecision::Hold(h)) => return (Some((b.binding.name.clone(), h.reason, h.recheck_after_ms)), failures),
+            Ok(GateDecision::Hold(h)) => {
+                return (
+                    Some((b.binding.name.clone(), h.reason, h.recheck_after_ms)),
+                    failures,
+                );
+            }
             Err(e) => {
                 let failure = Failure::new(&b.binding, None, &e);
                 if failure.blocks() {

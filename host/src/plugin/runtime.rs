@@ -34,6 +34,8 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 const HOOKS_EXPORT: &str = "disaggregatedset:plugin/hooks";
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Plugin calls running at once through the async wrappers; the rest wait.
+const MAX_CONCURRENT_CALLS: usize = 16;
 /// The largest component accepted, after gzip decompression.
 const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 
@@ -151,20 +153,25 @@ pub struct Runtime {
     linker: Linker<State>,
     limits: Limits,
     compiled: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
+    calls: tokio::sync::Semaphore,
 }
 
 impl Runtime {
     /// Builds the engine and starts its epoch ticker (a thread that lives as long as the runtime).
     pub fn new(limits: Limits) -> Result<Arc<Runtime>, String> {
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(256)
-            .total_core_instances(512)
-            .total_memories(256)
-            .total_tables(512)
+        // Slots for the calls that may run at once (async callers are held to
+        // MAX_CONCURRENT_CALLS), with room for several core instances each.
+        let slots = MAX_CONCURRENT_CALLS as u32 * 2;
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots)
+            .total_tables(slots * 4)
             .max_memory_size(limits.memory_bytes)
-            // Keeping a little of each slot's memory resident avoids page faults on
-            // fresh instances, which otherwise dominate a call (DESIGN §8).
-            .linear_memory_keep_resident(1 << 20)
+            // Keeping the first MiBs of each slot resident (reset with memset, not
+            // madvise) avoids page faults on fresh instances, which otherwise
+            // dominate a call (DESIGN §8). Untouched pages still cost nothing.
+            .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10);
         let mut config = Config::new();
         config
@@ -182,6 +189,7 @@ impl Runtime {
             linker,
             limits,
             compiled: Mutex::new(HashMap::new()),
+            calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS),
         });
         spawn_ticker(Arc::downgrade(&runtime));
         Ok(runtime)
@@ -511,7 +519,7 @@ impl Runtime {
         bytes: Vec<u8>,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let rt = self.clone();
-        blocking(move || rt.load(&name, &bytes)).await
+        self.blocking(move || rt.load(&name, &bytes)).await
     }
 
     /// [`Runtime::patch_role`] on tokio's blocking pool.
@@ -521,7 +529,7 @@ impl Runtime {
         input: PatchInput,
     ) -> Result<LwsPatch, PluginError> {
         let rt = self.clone();
-        blocking(move || rt.patch_role(&plugin, &input)).await
+        self.blocking(move || rt.patch_role(&plugin, &input)).await
     }
 
     /// [`Runtime::scale_role`] on tokio's blocking pool.
@@ -531,7 +539,7 @@ impl Runtime {
         input: ScaleInput,
     ) -> Result<Option<ScaleAdvice>, PluginError> {
         let rt = self.clone();
-        blocking(move || rt.scale_role(&plugin, &input)).await
+        self.blocking(move || rt.scale_role(&plugin, &input)).await
     }
 
     /// [`Runtime::gate_step`] on tokio's blocking pool.
@@ -541,19 +549,28 @@ impl Runtime {
         input: GateInput,
     ) -> Result<GateDecision, PluginError> {
         let rt = self.clone();
-        blocking(move || rt.gate_step(&plugin, &input)).await
+        self.blocking(move || rt.gate_step(&plugin, &input)).await
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, PluginError> + Send + 'static,
-) -> Result<T, PluginError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(PluginError::Trap {
-            plugin: "<host>".into(),
-            message: format!("the plugin call's thread failed: {e}"),
+impl Runtime {
+    /// Runs a call on tokio's blocking pool, at most MAX_CONCURRENT_CALLS at once.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, PluginError> + Send + 'static,
+    ) -> Result<T, PluginError> {
+        let _permit = self
+            .calls
+            .acquire()
+            .await
+            .expect("the call semaphore is never closed");
+        tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+            Err(PluginError::Trap {
+                plugin: "<host>".into(),
+                message: format!("the plugin call's thread failed: {e}"),
+            })
         })
-    })
+    }
 }
 
 /// Advances the engine's epoch until the runtime is dropped.

@@ -66,14 +66,16 @@ impl Plugin for RoleProfile {
 
     fn patch_role(req: PatchRequest) -> Result<Patch, String> {
         let cfg: Config = req.config()?;
+        let mut patch = PodPatch::new(req.lws_json())?;
         let container = match &cfg.container {
             Some(c) => c.clone(),
-            None => first_container(&req.lws)
-                .ok_or("the rendered LeaderWorkerSet has no container to patch")?,
+            None => patch
+                .first_container()
+                .ok_or("the rendered LeaderWorkerSet has no container to patch")?
+                .to_string(),
         };
-        let mut patch = PodPatch::new(&req.lws);
         if let Some(preset) = cfg.preset {
-            apply_preset(&mut patch, preset, &req, &container);
+            apply_preset(&mut patch, preset, &req, &container)?;
         }
         if let Some(rp) = cfg.roles.get(&req.role) {
             patch.args(&container, &rp.args);
@@ -94,32 +96,28 @@ impl Plugin for RoleProfile {
     }
 }
 
-fn first_container(lws: &Value) -> Option<String> {
-    lws.pointer("/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/name")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
 /// The headless Service of the peer role's LWS in the same slice and revision.
-fn peer_address(req: &PatchRequest, peer: &str) -> String {
-    format!(
-        "{}-{}-{}-{}.{}.svc.cluster.local",
-        req.set_name(),
-        req.slice,
-        req.revision,
-        peer,
-        req.namespace()
-    )
+fn peer_address(req: &PatchRequest, peer: &str) -> Result<String, String> {
+    let (set, namespace) = req.set_meta()?;
+    Ok(format!(
+        "{set}-{}-{}-{peer}.{namespace}.svc.cluster.local",
+        req.slice, req.revision
+    ))
 }
 
-fn apply_preset(patch: &mut PodPatch, preset: Preset, req: &PatchRequest, container: &str) {
+fn apply_preset(
+    patch: &mut PodPatch,
+    preset: Preset,
+    req: &PatchRequest,
+    container: &str,
+) -> Result<(), String> {
     let (peer, producer) = match req.role.as_str() {
         "prefill" => ("decode", true),
         "decode" => ("prefill", false),
-        _ => return,
+        _ => return Ok(()),
     };
     patch.env(container, "DISAGG_ROLE", &req.role);
-    patch.env(container, "DISAGG_PEER_ADDRESS", &peer_address(req, peer));
+    patch.env(container, "DISAGG_PEER_ADDRESS", &peer_address(req, peer)?);
     match preset {
         Preset::Vllm => {
             let kv = json!({
@@ -148,6 +146,7 @@ fn apply_preset(patch: &mut PodPatch, preset: Preset, req: &PatchRequest, contai
             }
         }
     }
+    Ok(())
 }
 
 disagg_plugin_sdk::export_plugin!(RoleProfile);

@@ -1,0 +1,138 @@
+//! Plugin hook latency (DESIGN §8, target ≤ 25 µs median): a fresh instance
+//! plus `patch-role` on a ~20 KB LeaderWorkerSet JSON, with the Rust
+//! `role-profile` plugin. Also compile time against component size.
+//!
+//! Also the same call with a plugin that does not read the LWS (the host's
+//! share of the cost) and a small gate-step (the floor).
+//!
+//! Prints criterion's report and machine-readable lines:
+//! `BENCH <name> median_us=<n>` and
+//! `BENCH plugin_compile name=<crate> size_bytes=<n> compile_ms=<n>`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use criterion::{Criterion, criterion_group};
+use disagg::core::render::render_child;
+use disagg::core::revision::revision;
+use disagg::plugin::{Limits, PatchInput, Runtime};
+use serde_json::json;
+use std::hint::black_box;
+use std::path::PathBuf;
+
+fn input() -> PatchInput {
+    let set = disagg::input::load_set(&common::repo("examples/vllm-pd.yaml")).unwrap();
+    let rev = revision(&set.spec, &[]);
+    let role = &set.spec.roles[0];
+    let mut lws = serde_json::to_value(render_child(&set, role, 0, &rev, 2)).unwrap();
+    // Pad the template to ~20 KB, as a real one with many env vars and args would be.
+    let env: Vec<_> = (0..200)
+        .map(|i| json!({"name": format!("SETTING_{i:03}"), "value": "x".repeat(60)}))
+        .collect();
+    lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]["env"] =
+        json!(env);
+    let lws = lws.to_string();
+    assert!((19_000..24_000).contains(&lws.len()), "{}", lws.len());
+    PatchInput {
+        set: serde_json::to_string(&set).unwrap(),
+        role: role.name.clone(),
+        slice: 0,
+        revision: rev,
+        lws,
+        config: json!({"preset": "vllm"}).to_string(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = Runtime::new(Limits::default()).unwrap();
+    let plugin = rt
+        .load(
+            "role-profile",
+            &common::read(&common::component("role-profile")),
+        )
+        .unwrap();
+    let input = input();
+    c.bench_function("plugin_patch_role_20kb", |b| {
+        b.iter(|| {
+            rt.patch_role(black_box(&plugin), black_box(&input))
+                .unwrap()
+        })
+    });
+    // The same 20 KB in, with a plugin that does not read it (the host's share).
+    let passthrough = rt
+        .load("hostile", &common::read(&common::component("hostile")))
+        .unwrap();
+    let ok = PatchInput {
+        config: json!({"mode": "ok"}).to_string(),
+        ..input.clone()
+    };
+    c.bench_function("plugin_patch_role_20kb_unread", |b| {
+        b.iter(|| {
+            rt.patch_role(black_box(&passthrough), black_box(&ok))
+                .unwrap()
+        })
+    });
+    // The floor: a fresh instance and a small gate-step call.
+    let gate = rt
+        .load(
+            "rollout-gate",
+            &common::read(&common::component("rollout-gate")),
+        )
+        .unwrap();
+    let small = disagg::plugin::GateInput {
+        set_name: "s".into(),
+        namespace: "default".into(),
+        labels: vec![],
+        annotations: vec![],
+        revision: "r".into(),
+        slice: 0,
+        step: 1,
+        total_steps: 2,
+        roles: vec![],
+        held_for_ms: 0,
+        now_ms: 0,
+        config: "{}".into(),
+    };
+    c.bench_function("plugin_gate_step_small", |b| {
+        b.iter(|| rt.gate_step(black_box(&gate), black_box(&small)).unwrap())
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50);
+    targets = bench
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    for name in [
+        "plugin_patch_role_20kb",
+        "plugin_patch_role_20kb_unread",
+        "plugin_gate_step_small",
+    ] {
+        let estimates = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("../criterion/{name}/new/estimates.json"));
+        if let Ok(text) = std::fs::read_to_string(&estimates)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(ns) = v["median"]["point_estimate"].as_f64()
+        {
+            println!("BENCH {name} median_us={:.2}", ns / 1000.0);
+        }
+    }
+    // Compile time against size: a fresh runtime each time, so nothing is cached.
+    for name in common::GUESTS
+        .iter()
+        .filter(|n| !["wrong-version", "bad-import"].contains(n))
+    {
+        let bytes = common::read(&common::component(name));
+        let rt = Runtime::new(Limits::default()).unwrap();
+        let p = rt.load(name, &bytes).unwrap();
+        println!(
+            "BENCH plugin_compile name={name} size_bytes={} compile_ms={:.1}",
+            bytes.len(),
+            p.compile_time.as_secs_f64() * 1000.0
+        );
+    }
+}
