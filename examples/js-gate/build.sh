@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds gate.js into a component with componentize-js. Usage: examples/js-gate/build.sh OUT.wasm
+# Needs node and npm; the toolchain comes from the npm registry (package-lock.json).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="$(realpath -m "${1:-$here/../../target/examples/js_gate.wasm}")"
+mkdir -p "$(dirname "$out")"
+cd "$here"
+[ -x node_modules/.bin/jco ] || npm ci --no-audit --no-fund --loglevel=error
+node build.mjs "$out"
