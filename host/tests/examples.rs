@@ -11,19 +11,45 @@ use common::{component, read, repo};
 use disagg::plugin::{GateDecision, GateInput, Hook, Limits, RoleStep, Runtime};
 use serde_json::json;
 
-fn input(step: u32, ready: bool, new_now: i32, new_next: i32, annotations: &[(&str, &str)], config: serde_json::Value) -> GateInput {
+fn input(
+    step: u32,
+    ready: bool,
+    new_now: i32,
+    new_next: i32,
+    annotations: &[(&str, &str)],
+    config: serde_json::Value,
+) -> GateInput {
     GateInput {
         set_name: "llm".into(),
         namespace: "default".into(),
         labels: vec![],
-        annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         revision: "abcd1234".into(),
         slice: 0,
         step,
         total_steps: 3,
         roles: vec![
-            RoleStep { name: "prefill".into(), old_now: 2, old_next: 2, new_now: 1, new_next: 2, target: 3, ready: true },
-            RoleStep { name: "decode".into(), old_now: 4, old_next: 4, new_now, new_next, target: 8, ready },
+            RoleStep {
+                name: "prefill".into(),
+                old_now: 2,
+                old_next: 2,
+                new_now: 1,
+                new_next: 2,
+                target: 3,
+                ready: true,
+            },
+            RoleStep {
+                name: "decode".into(),
+                old_now: 4,
+                old_next: 4,
+                new_now,
+                new_next,
+                target: 8,
+                ready,
+            },
         ],
         held_for_ms: 0,
         now_ms: 0,
@@ -35,11 +61,30 @@ fn input(step: u32, ready: bool, new_now: i32, new_next: i32, annotations: &[(&s
 fn scenarios() -> Vec<(GateInput, Option<&'static str>)> {
     vec![
         (input(1, true, 1, 2, &[], json!({})), None),
-        (input(1, false, 1, 2, &[], json!({})), Some("decode not ready")),
-        (input(1, true, 1, 7, &[], json!({})), Some("decode would add more than 4 groups")),
+        (
+            input(1, false, 1, 2, &[], json!({})),
+            Some("decode not ready"),
+        ),
+        (
+            input(1, true, 1, 7, &[], json!({})),
+            Some("decode would add more than 4 groups"),
+        ),
         (input(1, true, 1, 7, &[], json!({"maxNewPerStep": 6})), None),
-        (input(3, true, 7, 8, &[], json!({})), Some("final step needs example.com/final-step: go")),
-        (input(3, true, 7, 8, &[("example.com/final-step", "go")], json!({})), None),
+        (
+            input(3, true, 7, 8, &[], json!({})),
+            Some("final step needs example.com/final-step: go"),
+        ),
+        (
+            input(
+                3,
+                true,
+                7,
+                8,
+                &[("example.com/final-step", "go")],
+                json!({}),
+            ),
+            None,
+        ),
     ]
 }
 
@@ -48,10 +93,14 @@ fn check(name: &str, bytes: &[u8]) {
     let p = rt.load(name, bytes).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.info.hooks, vec![Hook::GateStep], "{name}");
     for (i, (scenario, want)) in scenarios().into_iter().enumerate() {
-        let got = rt.gate_step(&p, &scenario).unwrap_or_else(|e| panic!("{name} scenario {i}: {e}"));
+        let got = rt
+            .gate_step(&p, &scenario)
+            .unwrap_or_else(|e| panic!("{name} scenario {i}: {e}"));
         match (got, want) {
             (GateDecision::Proceed, None) => {}
-            (GateDecision::Hold(h), Some(w)) => assert!(h.reason.contains(w), "{name} scenario {i}: {}", h.reason),
+            (GateDecision::Hold(h), Some(w)) => {
+                assert!(h.reason.contains(w), "{name} scenario {i}: {}", h.reason)
+            }
             (got, want) => panic!("{name} scenario {i}: got {got:?}, want {want:?}"),
         }
     }
@@ -67,7 +116,10 @@ fn foreign(file: &str) -> Option<Vec<u8>> {
     match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
         Err(_) if std::env::var_os("DISAGG_REQUIRE_EXAMPLES").is_none() => {
-            eprintln!("SKIPPED: {} is not built; run examples/build.sh", path.display());
+            eprintln!(
+                "SKIPPED: {} is not built; run examples/build.sh",
+                path.display()
+            );
             None
         }
         Err(e) => panic!("{}: {e} (examples/build.sh builds it)", path.display()),
@@ -84,7 +136,10 @@ fn c_gate_decides_like_the_rust_one() {
 #[test]
 fn js_gate_decides_like_the_rust_one() {
     if let Some(bytes) = foreign("js_gate.wasm") {
-        assert!(bytes.len() > 1 << 20, "the README says the JS component exceeds a ConfigMap; update it if this changes");
+        assert!(
+            bytes.len() > 1 << 20,
+            "the README says the JS component exceeds a ConfigMap; update it if this changes"
+        );
         check("js-gate", &bytes);
     }
 }
