@@ -6,5 +6,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="$(realpath -m "${1:-$here/../../target/examples/js_gate.wasm}")"
 mkdir -p "$(dirname "$out")"
 cd "$here"
-[ -x node_modules/.bin/jco ] || npm ci --no-audit --no-fund --loglevel=error
+# `npm install`, not `npm ci`: the lock file leaves out other platforms' optional
+# binaries, which `npm ci` rejects; install still follows the locked versions.
+[ -x node_modules/.bin/jco ] || npm install --no-audit --no-fund --loglevel=error
 node build.mjs "$out"
