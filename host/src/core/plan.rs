@@ -145,7 +145,8 @@ pub fn next_step(roles: &[RoleState]) -> Step {
             if r.initial_old >= r.target {
                 old = old.max(r.target - r.max_unavailable - n);
             }
-            old
+            // As in rule 5, the floor never raises an old role.
+            old.min(r.current_old)
         })
         .collect();
     let forced = prevent_orphans(roles, proposed, &next_new);
