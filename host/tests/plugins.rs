@@ -601,3 +601,80 @@ fn cli_render_applies_the_sets_plugin_bindings() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn gates_in_binding_order_with_failure_policies() {
+    use disagg::api::set::{FailurePolicy, PluginBinding};
+    use disagg::plugin::bindings::{Bound, gate};
+    let rt = runtime();
+    let bind = |name: &str, plugin: &str, policy: FailurePolicy, config: Value| Bound {
+        binding: PluginBinding {
+            name: name.into(),
+            config: config.as_object().cloned(),
+            roles: None,
+            failure_policy: policy,
+            digest: None,
+        },
+        plugin: load(&rt, plugin),
+    };
+    let input = gate_input(json!({}), 0, &[], 0);
+    let looping = || {
+        bind(
+            "looper",
+            "hostile",
+            FailurePolicy::Ignore,
+            json!({"mode": "loop"}),
+        )
+    };
+    let approval = || {
+        bind(
+            "approval",
+            "rollout-gate",
+            FailurePolicy::Fail,
+            json!({"requireApproval": true}),
+        )
+    };
+
+    // Ignore: the failing gate is skipped (and reported), the next gate decides.
+    let (held, failures) = gate(&rt, &[looping(), approval()], &input);
+    let (by, reason, _) = held.unwrap();
+    assert_eq!(by, "approval");
+    assert!(reason.contains("waiting for approval"), "{reason}");
+    assert_eq!(
+        (failures.len(), failures[0].reason, failures[0].blocks()),
+        (1, "PluginTimeout", false)
+    );
+
+    // Fail: the failing gate holds the step itself.
+    let strict = Bound {
+        binding: PluginBinding {
+            failure_policy: FailurePolicy::Fail,
+            ..looping().binding
+        },
+        ..looping()
+    };
+    let (held, failures) = gate(&rt, &[strict, approval()], &input);
+    assert_eq!(held.unwrap().0, "looper");
+    assert!(failures[0].blocks());
+
+    // Every gate proceeds: no hold, no failures.
+    let open = bind("open", "rollout-gate", FailurePolicy::Fail, json!({}));
+    assert_eq!(gate(&rt, &[open], &input), (None, vec![]));
+}
+
+#[test]
+fn a_digest_pin_only_ever_runs_that_component() {
+    use disagg::plugin::bindings::resolve;
+    let rt = runtime();
+    let gate = load(&rt, "rollout-gate");
+    let mut set = disagg::input::load_set(&repo("examples/vllm-pd-plugins.yaml")).unwrap();
+    set.spec.plugins.retain(|b| b.name == "rollout-gate");
+    set.spec.plugins[0].digest = Some(gate.digest.clone());
+    let (bound, failures) = resolve(&set, |_| Some(gate.clone()));
+    assert_eq!((bound.len(), failures.len()), (1, 0));
+    set.spec.plugins[0].digest = Some(format!("sha256:{}", "0".repeat(64)));
+    let (bound, failures) = resolve(&set, |_| Some(gate.clone()));
+    assert!(bound.is_empty());
+    assert_eq!(failures[0].reason, "PluginDigestMismatch");
+    assert!(failures[0].message.contains(&gate.digest));
+}
