@@ -128,12 +128,8 @@ pub fn next_step(roles: &[RoleState]) -> Step {
                 .min(r.current_old)
         })
         .collect();
-    let drained = prevent_orphans(roles, proposed, &current_new);
-    if lowers_or_raises(&current_old, &drained).0 {
-        return Step::Next {
-            old: drained,
-            new: current_new,
-        };
+    if let Some(step) = drain(roles, proposed, &current_new) {
+        return step;
     }
 
     // 6. Forced drain together with the scale-up.
@@ -141,12 +137,10 @@ pub fn next_step(roles: &[RoleState]) -> Step {
         .iter()
         .zip(&next_new)
         .map(|(r, &n)| {
-            let mut old = r.current_old.min(r.target + r.max_surge - n).max(0);
-            if r.initial_old >= r.target {
-                old = old.max(r.target - r.max_unavailable - n);
-            }
             // As in rule 5, the floor never raises an old role.
-            old.min(r.current_old)
+            (r.target + r.max_surge - n)
+                .max(floor_old(r, n))
+                .clamp(0, r.current_old)
         })
         .collect();
     let forced = prevent_orphans(roles, proposed, &next_new);
@@ -183,12 +177,8 @@ pub fn next_step(roles: &[RoleState]) -> Step {
                 .min(r.current_old)
         })
         .collect();
-    let drained = prevent_orphans(roles, proposed, &current_new);
-    if lowers_or_raises(&current_old, &drained).0 {
-        return Step::Next {
-            old: drained,
-            new: current_new,
-        };
+    if let Some(step) = drain(roles, proposed, &current_new) {
+        return step;
     }
     let grown: Vec<i32> = roles
         .iter()
@@ -323,6 +313,16 @@ fn prevent_orphans(roles: &[RoleState], mut old: Vec<i32>, new: &[i32]) -> Vec<i
         }
     }
     old
+}
+
+/// A drain to `proposed` (after orphan prevention), if it lowers some role.
+fn drain(roles: &[RoleState], proposed: Vec<i32>, new: &[i32]) -> Option<Step> {
+    let old = prevent_orphans(roles, proposed, new);
+    let lowers = roles.iter().zip(&old).any(|(r, o)| *o < r.current_old);
+    lowers.then(|| Step::Next {
+        old,
+        new: new.to_vec(),
+    })
 }
 
 /// Replicas a role moves per step: its surge, or its unavailability when it has no surge.
