@@ -1,0 +1,15 @@
+//! `kube-sim`: an in-memory Kubernetes API server for the operator's tests and
+//! for `disagg dev` (DESIGN §7, issue #4).
+//!
+//! **Work in progress.** Built so far: the object store ([`store`]) with
+//! resourceVersions, uid, creationTimestamp, generation, optimistic concurrency,
+//! finalizers, label/field selectors, pagination, and a watch log with
+//! compaction and 410 Expired; and label-selector parsing ([`selector`]).
+//! Not built yet: the HTTP server (discovery, OpenAPI, CRUD and patch
+//! endpoints, server-side apply, watch streams with bookmarks), CRD
+//! registration with schema defaulting and pruning, subresources, garbage
+//! collection, fault injection, the LWS simulator and the `kube-sim` binary.
+#![forbid(unsafe_code)]
+
+pub mod selector;
+pub mod store;
