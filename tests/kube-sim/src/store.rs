@@ -595,6 +595,8 @@ impl Store {
     /// Starts a watch from `resource_version` (exclusive): the events already
     /// logged after it, and a receiver for what comes next. The receiver sees
     /// every resource; filter with [`Filter::matches`] and `WatchEvent::resource`.
+    /// A receiver that falls more than 65,536 events behind gets `Lagged`: the
+    /// watch must then end, as a real one does, and the client re-lists.
     pub fn watch(
         &self,
         resource: &ResourceId,
