@@ -4,12 +4,14 @@
 //! **Work in progress.** Built so far: the object store ([`store`]) with
 //! resourceVersions, uid, creationTimestamp, generation, optimistic concurrency,
 //! finalizers, label/field selectors, pagination, and a watch log with
-//! compaction and 410 Expired; and label-selector parsing ([`selector`]).
-//! Not built yet: the HTTP server (discovery, OpenAPI, CRUD and patch
-//! endpoints, server-side apply, watch streams with bookmarks), CRD
-//! registration with schema defaulting and pruning, subresources, garbage
-//! collection, fault injection, the LWS simulator and the `kube-sim` binary.
+//! compaction and 410 Expired; label-selector parsing ([`selector`]); and the
+//! HTTP server ([`server`]) for the built-in kinds.
+//! Not built yet: server-side apply, CRD registration with schema defaulting
+//! and pruning, the scale subresource, OpenAPI and aggregated discovery,
+//! garbage collection, fault injection, the LWS simulator and the `kube-sim`
+//! binary.
 #![forbid(unsafe_code)]
 
 pub mod selector;
+pub mod server;
 pub mod store;

@@ -226,6 +226,15 @@ impl Store {
         self.lock().resources.insert(id, info);
     }
 
+    /// Every registered resource type.
+    pub fn resources(&self) -> Vec<(ResourceId, ResourceInfo)> {
+        self.lock()
+            .resources
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     pub fn resource(&self, id: &ResourceId) -> Option<ResourceInfo> {
         self.lock().resources.get(id).cloned()
     }

@@ -1,0 +1,487 @@
+//! The HTTP front of the store: the Kubernetes REST paths and JSON (work in
+//! progress). Served so far: `/version`, `/healthz` (`/livez`, `/readyz`),
+//! legacy discovery (`/api`, `/api/v1`, `/apis`, `/apis/{g}/{v}`), and for every
+//! registered resource get, list (label/field selectors, limit/continue),
+//! watch (from a resourceVersion, bookmarks, timeout, 410 as an ERROR event),
+//! create, update, the status subresource, JSON merge patch, RFC 6902 patch
+//! and delete. Server-side apply, CRD registration, OpenAPI, aggregated
+//! discovery and fault injection are not built yet.
+
+use crate::selector::Selector;
+use crate::store::{EventType, Filter, ResourceId, ResourceInfo, Store, StoreError, WatchEvent};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a watch that asked for bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
+
+/// Registers the built-in kinds the operator uses.
+pub fn register_builtins(store: &Store) {
+    let kinds = [
+        ("", "v1", "namespaces", "Namespace", false, true),
+        ("", "v1", "configmaps", "ConfigMap", true, false),
+        ("", "v1", "services", "Service", true, true),
+        ("", "v1", "events", "Event", true, false),
+        ("events.k8s.io", "v1", "events", "Event", true, false),
+        ("coordination.k8s.io", "v1", "leases", "Lease", true, false),
+    ];
+    for (group, version, plural, kind, namespaced, status) in kinds {
+        store.register(
+            ResourceId::new(group, version, plural),
+            ResourceInfo {
+                kind: kind.into(),
+                namespaced,
+                status_subresource: status,
+            },
+        );
+    }
+}
+
+/// The router for a store.
+pub fn router(store: Arc<Store>) -> Router {
+    Router::new().fallback(handle).with_state(store)
+}
+
+/// A parsed resource path.
+#[derive(Debug, PartialEq)]
+struct Target {
+    resource: ResourceId,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if !matches!(*plural, "status" | "finalize") => {
+            (Some(ns.to_string()), {
+                let mut v = vec![*plural];
+                v.extend_from_slice(tail);
+                v
+            })
+        }
+        other => (None, other.to_vec()),
+    };
+    let (plural, name, sub) = match rest.as_slice() {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        _ => return None,
+    };
+    Some(Target {
+        resource: ResourceId::new(group, version, plural),
+        namespace,
+        name,
+        subresource: sub,
+    })
+}
+
+fn api_version(r: &ResourceId) -> String {
+    if r.group.is_empty() {
+        r.version.clone()
+    } else {
+        format!("{}/{}", r.group, r.version)
+    }
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn error_response(e: &StoreError) -> Response {
+    json_response(
+        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.to_status(),
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> StoreError {
+    StoreError {
+        code: 400,
+        reason: "BadRequest",
+        message: message.into(),
+    }
+}
+
+async fn handle(
+    State(store): State<Arc<Store>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path();
+    match path {
+        "/version" => {
+            return json_response(
+                StatusCode::OK,
+                &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-kube-sim", "platform": "linux/amd64"}),
+            );
+        }
+        "/healthz" | "/livez" | "/readyz" => return (StatusCode::OK, "ok").into_response(),
+        "/api" => {
+            return json_response(
+                StatusCode::OK,
+                &json!({"kind": "APIVersions", "versions": ["v1"],
+                        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+            );
+        }
+        "/apis" => return json_response(StatusCode::OK, &group_list(&store)),
+        _ => {}
+    }
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", v] => return json_response(StatusCode::OK, &resource_list(&store, "", v)),
+        ["apis", g, v] => return json_response(StatusCode::OK, &resource_list(&store, g, v)),
+        _ => {}
+    }
+    let Some(target) = parse_path(path) else {
+        return error_response(&StoreError {
+            code: 404,
+            reason: "NotFound",
+            message: format!("the server could not find the requested resource ({path})"),
+        });
+    };
+    let result = serve(&store, &method, target, &query, &headers, &body).await;
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+async fn serve(
+    store: &Arc<Store>,
+    method: &Method,
+    t: Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, StoreError> {
+    let info = store.resource(&t.resource).ok_or_else(|| StoreError {
+        code: 404,
+        reason: "NotFound",
+        message: format!(
+            "the server could not find the requested resource ({})",
+            t.resource.plural
+        ),
+    })?;
+    let ns = t.namespace.clone().unwrap_or_default();
+    let with_type = |mut v: Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("apiVersion".into(), json!(api_version(&t.resource)));
+            o.insert("kind".into(), json!(info.kind));
+        }
+        v
+    };
+    let status_only = match t.subresource.as_deref() {
+        None => false,
+        Some("status") if info.status_subresource => true,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "subresource {other} is not served for {}",
+                t.resource.plural
+            )));
+        }
+    };
+    let parse_body = || -> Result<Value, StoreError> {
+        serde_json::from_slice(body).map_err(|e| bad_request(format!("the body is not JSON: {e}")))
+    };
+    match (method.clone(), t.name.as_deref()) {
+        (Method::GET, None) => {
+            let filter = Filter {
+                namespace: t.namespace.clone(),
+                labels: Selector::parse(query.get("labelSelector").map_or("", String::as_str))
+                    .map_err(bad_request)?,
+                fields: Filter::parse_fields(
+                    query.get("fieldSelector").map_or("", String::as_str),
+                )?,
+            };
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+                return watch(store, &t.resource, &info, filter, query).await;
+            }
+            let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+            let page = store.list(
+                &t.resource,
+                &filter,
+                limit,
+                query.get("continue").map(String::as_str),
+            )?;
+            let mut meta = json!({"resourceVersion": page.resource_version.to_string()});
+            if let Some(c) = page.continue_token {
+                meta["continue"] = json!(c);
+            }
+            let items: Vec<Value> = page.items.into_iter().map(with_type).collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"kind": format!("{}List", info.kind), "apiVersion": api_version(&t.resource), "metadata": meta, "items": items}),
+            ))
+        }
+        (Method::GET, Some(name)) => Ok(json_response(
+            StatusCode::OK,
+            &with_type(store.get(&t.resource, &ns, name)?),
+        )),
+        (Method::POST, None) => {
+            let created = store.create(&t.resource, &ns, parse_body()?)?;
+            Ok(json_response(StatusCode::CREATED, &with_type(created)))
+        }
+        (Method::PUT, Some(name)) => {
+            let updated = store.update(&t.resource, &ns, name, parse_body()?, status_only)?;
+            Ok(json_response(StatusCode::OK, &with_type(updated)))
+        }
+        (Method::PATCH, Some(name)) => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let current = store.get(&t.resource, &ns, name)?;
+            let mut doc = current.clone();
+            let patch = parse_body()?;
+            match content_type.split(';').next().unwrap_or_default().trim() {
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    json_patch::merge(&mut doc, &patch)
+                }
+                "application/json-patch+json" => {
+                    let ops: json_patch::Patch = serde_json::from_value(patch)
+                        .map_err(|e| bad_request(format!("invalid JSON patch: {e}")))?;
+                    json_patch::patch(&mut doc, &ops).map_err(|e| StoreError {
+                        code: 422,
+                        reason: "Invalid",
+                        message: format!("the JSON patch does not apply: {e}"),
+                    })?;
+                }
+                other => {
+                    return Err(StoreError {
+                        code: 415,
+                        reason: "UnsupportedMediaType",
+                        message: format!(
+                            "the patch type {other:?} is not supported by kube-sim yet"
+                        ),
+                    });
+                }
+            }
+            // A patch applies to what the client saw unless it names a version itself.
+            if patch_names_no_version(&doc, &current)
+                && let Some(m) = doc.get_mut("metadata").and_then(Value::as_object_mut)
+            {
+                m.remove("resourceVersion");
+            }
+            let updated = store.update(&t.resource, &ns, name, doc, status_only)?;
+            Ok(json_response(StatusCode::OK, &with_type(updated)))
+        }
+        (Method::DELETE, Some(name)) => {
+            let precondition = serde_json::from_slice::<Value>(body).ok().and_then(|b| {
+                b["preconditions"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_string)
+            });
+            let deleted = store.delete(&t.resource, &ns, name, precondition.as_deref())?;
+            Ok(json_response(StatusCode::OK, &with_type(deleted)))
+        }
+        (m, _) => Err(StoreError {
+            code: 405,
+            reason: "MethodNotAllowed",
+            message: format!("{m} is not allowed here"),
+        }),
+    }
+}
+
+fn patch_names_no_version(patched: &Value, current: &Value) -> bool {
+    patched["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"]
+}
+
+async fn watch(
+    store: &Arc<Store>,
+    resource: &ResourceId,
+    info: &ResourceInfo,
+    filter: Filter,
+    query: &HashMap<String, String>,
+) -> Result<Response, StoreError> {
+    let from = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or("");
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(1800), Duration::from_secs);
+    let api_version = api_version(resource);
+    let kind = info.kind.clone();
+    let line = {
+        let (api_version, kind) = (api_version.clone(), kind.clone());
+        move |type_: &str, mut object: Value| {
+            if let Some(o) = object.as_object_mut() {
+                o.insert("apiVersion".into(), json!(api_version));
+                o.insert("kind".into(), json!(kind));
+            }
+            Bytes::from(format!("{}\n", json!({"type": type_, "object": object})))
+        }
+    };
+    // No version (or "0"): start with the current state as ADDED events.
+    let (initial, start) = if from.is_empty() || from == "0" {
+        let page = store.list(resource, &filter, 0, None)?;
+        (page.items, page.resource_version)
+    } else {
+        let rv = from
+            .parse::<u64>()
+            .map_err(|_| bad_request(format!("invalid resourceVersion {from:?}")))?;
+        (Vec::new(), rv)
+    };
+    let (backlog, receiver) = match store.watch(resource, &filter, start) {
+        Ok(w) => w,
+        Err(e) if e.code == 410 => {
+            // Like the real server: a 200 stream carrying one ERROR event.
+            let body = format!("{}\n", json!({"type": "ERROR", "object": e.to_status()}));
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut last = start;
+    let mut head: Vec<Bytes> = initial.into_iter().map(|o| line("ADDED", o)).collect();
+    for e in backlog {
+        last = e.resource_version;
+        head.push(line(e.kind.as_str(), e.object));
+    }
+    let resource = resource.clone();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let live = futures::stream::unfold((receiver, last), move |(mut rx, mut last)| {
+        let (resource, filter, line, api_version, kind) = (
+            resource.clone(),
+            filter.clone(),
+            line.clone(),
+            api_version.clone(),
+            kind.clone(),
+        );
+        async move {
+            loop {
+                let tick = tokio::time::sleep(BOOKMARK_EVERY);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => return None,
+                    _ = tick, if bookmarks => {
+                        let mark = json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": last.to_string()}}});
+                        return Some((Bytes::from(format!("{mark}\n")), (rx, last)));
+                    }
+                    received = rx.recv() => match received {
+                        Ok(WatchEvent { resource: r, namespace, resource_version, kind: k, object }) => {
+                            if r != resource || resource_version <= last || !filter.matches(&namespace, &object) {
+                                continue;
+                            }
+                            last = resource_version;
+                            let type_ = match k { EventType::Added => "ADDED", EventType::Modified => "MODIFIED", EventType::Deleted => "DELETED" };
+                            return Some((line(type_, object), (rx, last)));
+                        }
+                        // Fell behind or the store went away: end the watch; the client re-lists.
+                        Err(_) => return None,
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures::stream::iter(head)
+        .chain(live)
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn group_list(store: &Store) -> Value {
+    let mut groups: Vec<(String, String)> = store
+        .resources()
+        .into_iter()
+        .filter(|(id, _)| !id.group.is_empty())
+        .map(|(id, _)| (id.group, id.version))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, v)| {
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+fn resource_list(store: &Store, group: &str, version: &str) -> Value {
+    let resources: Vec<Value> = store
+        .resources()
+        .into_iter()
+        .filter(|(id, _)| id.group == group && id.version == version)
+        .flat_map(|(id, info)| {
+            let main = json!({"name": id.plural, "singularName": info.kind.to_lowercase(), "namespaced": info.namespaced, "kind": info.kind,
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]});
+            let status = info.status_subresource.then(|| {
+                json!({"name": format!("{}/status", id.plural), "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]})
+            });
+            std::iter::once(main).chain(status)
+        })
+        .collect();
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_resource_paths() {
+        let p = parse_path("/api/v1/namespaces/ns/configmaps/a").unwrap();
+        assert_eq!(
+            (
+                p.resource.plural.as_str(),
+                p.namespace.as_deref(),
+                p.name.as_deref()
+            ),
+            ("configmaps", Some("ns"), Some("a"))
+        );
+        let p = parse_path("/api/v1/namespaces/ns").unwrap();
+        assert_eq!(
+            (p.resource.plural.as_str(), p.namespace, p.name.as_deref()),
+            ("namespaces", None, Some("ns"))
+        );
+        let p =
+            parse_path("/apis/leaderworkerset.x-k8s.io/v1/namespaces/d/leaderworkersets/x/status")
+                .unwrap();
+        assert_eq!(
+            (p.resource.group.as_str(), p.subresource.as_deref()),
+            ("leaderworkerset.x-k8s.io", Some("status"))
+        );
+        let p = parse_path("/apis/coordination.k8s.io/v1/leases").unwrap();
+        assert_eq!((p.namespace, p.name), (None, None));
+        assert!(parse_path("/metrics").is_none());
+    }
+}

@@ -1,0 +1,223 @@
+//! kube-rs's own client and watcher against kube-sim's HTTP server.
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::watcher;
+use kube_sim::server::{register_builtins, router};
+use kube_sim::store::Store;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn start() -> (kube::Client, Arc<Store>) {
+    let store = Arc::new(Store::default());
+    register_builtins(&store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(store.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    (kube::Client::try_from(config).unwrap(), store)
+}
+
+fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn crud_selectors_conflicts_and_patches() {
+    let (client, _) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let a = api
+        .create(&PostParams::default(), &cm("a", json!({"role": "prefill"})))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &cm("b", json!({"role": "decode"})))
+        .await
+        .unwrap();
+    let err = api
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists"),
+        "{err:?}"
+    );
+
+    let listed = api
+        .list(&ListParams::default().labels("role=prefill"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert!(listed.metadata.resource_version.is_some());
+    let page = api.list(&ListParams::default().limit(1)).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let rest = api
+        .list(
+            &ListParams::default()
+                .limit(1)
+                .continue_token(page.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items[0].metadata.name.as_deref(), Some("b"));
+
+    let mut stale = a.clone();
+    let mut fresh = a.clone();
+    fresh
+        .data
+        .get_or_insert_default()
+        .insert("k".into(), "2".into());
+    api.replace("a", &PostParams::default(), &fresh)
+        .await
+        .unwrap();
+    stale
+        .data
+        .get_or_insert_default()
+        .insert("k".into(), "3".into());
+    let err = api
+        .replace("a", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict"),
+        "{err:?}"
+    );
+
+    let merged = api
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"m": "1"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged.data.as_ref().unwrap()["m"], "1");
+    let ops = serde_json::from_value(json!([{"op": "replace", "path": "/data/k", "value": "j"}]))
+        .unwrap();
+    let patched = api
+        .patch("a", &PatchParams::default(), &Patch::<()>::Json(ops))
+        .await
+        .unwrap();
+    assert_eq!(patched.data.as_ref().unwrap()["k"], "j");
+
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    let err = api.get("a").await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 404),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_watcher_sees_every_change_once() {
+    let (client, _) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &cm("before", json!({})))
+        .await
+        .unwrap();
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut seen = Vec::new();
+    let writer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            api.create(&PostParams::default(), &cm("after", json!({})))
+                .await
+                .unwrap();
+            api.delete("before", &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+    };
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(5), events.try_next())
+        .await
+        .expect("a watch event within 5 s")
+    {
+        let label = match &e {
+            watcher::Event::Init => "init".to_string(),
+            watcher::Event::InitApply(o) => {
+                format!("init-apply {}", o.metadata.name.as_deref().unwrap())
+            }
+            watcher::Event::InitDone => "init-done".to_string(),
+            watcher::Event::Apply(o) => format!("apply {}", o.metadata.name.as_deref().unwrap()),
+            watcher::Event::Delete(o) => format!("delete {}", o.metadata.name.as_deref().unwrap()),
+        };
+        seen.push(label);
+        if seen.last().map(String::as_str) == Some("delete before") {
+            break;
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(
+        seen,
+        [
+            "init",
+            "init-apply before",
+            "init-done",
+            "apply after",
+            "delete before"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_watch_from_a_compacted_version_gets_410_as_an_error_event() {
+    let (client, store) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let a = api
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .unwrap();
+    store.compact();
+    let rv = a.metadata.resource_version.unwrap();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bookmarks_carry_the_latest_version() {
+    let (client, _) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let a = api
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
+    let rv = a.metadata.resource_version.clone().unwrap();
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    api.create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .unwrap();
+    let mut latest = String::new();
+    while let Some(e) = stream.try_next().await.unwrap() {
+        match e {
+            WatchEvent::Added(o) => latest = o.metadata.resource_version.unwrap(),
+            WatchEvent::Bookmark(b) => {
+                assert_eq!(b.metadata.resource_version, latest);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!latest.is_empty());
+}
