@@ -79,6 +79,61 @@ pub fn apply_defaults(schema: &Value, value: &mut Value) {
     }
 }
 
+/// Removes fields the schema does not declare (the API server's pruning),
+/// except where the schema preserves unknown fields, and root `apiVersion`,
+/// `kind` and `metadata`. Returns the paths removed.
+pub fn prune(schema: &Value, value: &mut Value) -> Vec<String> {
+    let mut removed = Vec::new();
+    prune_at(schema, value, "", true, &mut removed);
+    removed
+}
+
+fn prune_at(schema: &Value, value: &mut Value, path: &str, root: bool, removed: &mut Vec<String>) {
+    let flag = |key: &str| schema.get(key).and_then(Value::as_bool) == Some(true);
+    let preserve =
+        flag("x-kubernetes-preserve-unknown-fields") || flag("x-kubernetes-embedded-resource");
+    match value {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties");
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let child_path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                let sub = props
+                    .and_then(|p| p.get(&key))
+                    .or_else(|| additional.filter(|a| a.is_object()));
+                match sub {
+                    Some(sub) => {
+                        if let Some(v) = map.get_mut(&key) {
+                            prune_at(sub, v, &child_path, false, removed);
+                        }
+                    }
+                    None if preserve || additional.and_then(Value::as_bool) == Some(true) => {}
+                    None => {
+                        map.remove(&key);
+                        removed.push(child_path);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(sub) = schema.get("items") {
+                for (i, v) in items.iter_mut().enumerate() {
+                    prune_at(sub, v, &format!("{path}[{i}]"), false, removed);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn nullable(schema: &Value) -> bool {
     schema.get("nullable").and_then(Value::as_bool) == Some(true)
 }

@@ -1,5 +1,5 @@
 use super::set::DisaggregatedSet;
-use super::structural::{apply_defaults, check};
+use super::structural::{apply_defaults, check, prune};
 use super::validate::{resolve_budget, validate};
 use crate::api::lws::RollingUpdateConfiguration;
 use crate::core::plan::Budget;
@@ -255,5 +255,26 @@ fn defaults_apply_top_down_and_drop_non_nullable_nulls() {
     assert_eq!(
         v,
         json!({"a": {"b": 3}, "d": null, "list": [{"e": "x"}, {"e": "y"}]})
+    );
+}
+
+#[test]
+fn pruning_drops_undeclared_fields_except_where_preserved() {
+    let schema = json!({"type": "object", "properties": {
+    "spec": {"type": "object", "properties": {
+        "a": {"type": "integer"},
+        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+        "list": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}},
+        "map": {"type": "object", "additionalProperties": {"type": "string"}},
+    }}}});
+    let mut v = json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "n", "odd": 1},
+        "spec": {"a": 1, "b": 2, "free": {"any": {"thing": 1}}, "list": [{"k": "x", "z": 1}], "map": {"p": "q"}}, "extra": true});
+    let mut removed = prune(&schema, &mut v);
+    removed.sort();
+    assert_eq!(removed, ["extra", "spec.b", "spec.list[0].z"]);
+    assert_eq!(
+        v,
+        json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "n", "odd": 1},
+        "spec": {"a": 1, "free": {"any": {"thing": 1}}, "list": [{"k": "x"}], "map": {"p": "q"}}})
     );
 }

@@ -5,9 +5,10 @@
 //! resourceVersions, uid, creationTimestamp, generation, optimistic concurrency,
 //! finalizers, label/field selectors, pagination, and a watch log with
 //! compaction and 410 Expired; label-selector parsing ([`selector`]); and the
-//! HTTP server ([`server`]) for the built-in kinds.
-//! Not built yet: server-side apply, CRD registration with schema defaulting
-//! and pruning, the scale subresource, OpenAPI and aggregated discovery,
+//! HTTP server ([`server`]) for the built-in kinds and for resources that
+//! CRDs define (schema validation, pruning and defaults).
+//! Not built yet: server-side apply, the scale subresource, CEL rules,
+//! OpenAPI and aggregated discovery,
 //! garbage collection, fault injection, the LWS simulator and the `kube-sim`
 //! binary.
 #![forbid(unsafe_code)]

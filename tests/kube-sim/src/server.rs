@@ -4,8 +4,9 @@
 //! registered resource get, list (label/field selectors, limit/continue),
 //! watch (from a resourceVersion, bookmarks, timeout, 410 as an ERROR event),
 //! create, update, the status subresource, JSON merge patch, RFC 6902 patch
-//! and delete. Server-side apply, CRD registration, OpenAPI, aggregated
-//! discovery and fault injection are not built yet.
+//! and delete; CRDs register resources whose objects are validated, pruned
+//! and defaulted by their schema. Server-side apply, the scale subresource,
+//! OpenAPI, aggregated discovery and fault injection are not built yet.
 
 use crate::selector::Selector;
 use crate::store::{EventType, Filter, ResourceId, ResourceInfo, Store, StoreError, WatchEvent};
@@ -17,8 +18,88 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// The API server's state: the store, plus what CRDs add (schemas, short names).
+pub struct Sim {
+    pub store: Arc<Store>,
+    custom: RwLock<HashMap<ResourceId, Custom>>,
+}
+
+/// What a CRD version adds to a resource.
+#[derive(Clone)]
+struct Custom {
+    schema: Option<Value>,
+    short_names: Vec<String>,
+}
+
+impl Sim {
+    /// A server with the built-in kinds registered.
+    pub fn new(store: Arc<Store>) -> Arc<Sim> {
+        register_builtins(&store);
+        Arc::new(Sim {
+            store,
+            custom: RwLock::new(HashMap::new()),
+        })
+    }
+
+    fn custom(&self, id: &ResourceId) -> Option<Custom> {
+        self.custom
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Registers (or, when `deleted`, removes) the resources a CRD object defines,
+    /// and marks it Established.
+    fn sync_crd(&self, crd: &Value, deleted: bool) -> Result<(), StoreError> {
+        let spec = &crd["spec"];
+        let group = spec["group"].as_str().unwrap_or_default();
+        let plural = spec["names"]["plural"].as_str().unwrap_or_default();
+        let kind = spec["names"]["kind"].as_str().unwrap_or_default();
+        if group.is_empty() || plural.is_empty() || kind.is_empty() {
+            return Err(StoreError {
+                code: 422,
+                reason: "Invalid",
+                message: "CustomResourceDefinition: spec.group, spec.names.plural and spec.names.kind are required".into(),
+            });
+        }
+        let namespaced = spec["scope"].as_str() != Some("Cluster");
+        let short_names: Vec<String> = spec["names"]["shortNames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect();
+        let mut custom = self.custom.write().unwrap_or_else(|p| p.into_inner());
+        for v in spec["versions"].as_array().into_iter().flatten() {
+            let id = ResourceId::new(group, v["name"].as_str().unwrap_or_default(), plural);
+            if deleted || v["served"].as_bool() == Some(false) {
+                self.store.unregister(&id);
+                custom.remove(&id);
+                continue;
+            }
+            self.store.register(
+                id.clone(),
+                ResourceInfo {
+                    kind: kind.to_string(),
+                    namespaced,
+                    status_subresource: v["subresources"].get("status").is_some(),
+                },
+            );
+            custom.insert(
+                id,
+                Custom {
+                    schema: v["schema"].get("openAPIV3Schema").cloned(),
+                    short_names: short_names.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+}
 
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
@@ -32,6 +113,14 @@ pub fn register_builtins(store: &Store) {
         ("", "v1", "events", "Event", true, false),
         ("events.k8s.io", "v1", "events", "Event", true, false),
         ("coordination.k8s.io", "v1", "leases", "Lease", true, false),
+        (
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            true,
+        ),
     ];
     for (group, version, plural, kind, namespaced, status) in kinds {
         store.register(
@@ -45,9 +134,13 @@ pub fn register_builtins(store: &Store) {
     }
 }
 
-/// The router for a store.
-pub fn router(store: Arc<Store>) -> Router {
-    Router::new().fallback(handle).with_state(store)
+/// The router for a server.
+pub fn router(sim: Arc<Sim>) -> Router {
+    Router::new().fallback(handle).with_state(sim)
+}
+
+fn crd_resource() -> ResourceId {
+    ResourceId::new("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 }
 
 /// A parsed resource path.
@@ -123,7 +216,7 @@ fn bad_request(message: impl Into<String>) -> StoreError {
 }
 
 async fn handle(
-    State(store): State<Arc<Store>>,
+    State(sim): State<Arc<Sim>>,
     method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
@@ -146,13 +239,13 @@ async fn handle(
                         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
             );
         }
-        "/apis" => return json_response(StatusCode::OK, &group_list(&store)),
+        "/apis" => return json_response(StatusCode::OK, &group_list(&sim.store)),
         _ => {}
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
-        ["api", v] => return json_response(StatusCode::OK, &resource_list(&store, "", v)),
-        ["apis", g, v] => return json_response(StatusCode::OK, &resource_list(&store, g, v)),
+        ["api", v] => return json_response(StatusCode::OK, &resource_list(&sim, "", v)),
+        ["apis", g, v] => return json_response(StatusCode::OK, &resource_list(&sim, g, v)),
         _ => {}
     }
     let Some(target) = parse_path(path) else {
@@ -162,18 +255,93 @@ async fn handle(
             message: format!("the server could not find the requested resource ({path})"),
         });
     };
-    let result = serve(&store, &method, target, &query, &headers, &body).await;
-    result.unwrap_or_else(|e| error_response(&e))
+    let is_crd = target.resource == crd_resource();
+    let result = serve(&sim, &method, target, &query, &headers, &body).await;
+    match result {
+        Ok((response, Some(written))) if is_crd => {
+            match sim.sync_crd(&written, method == Method::DELETE) {
+                Ok(()) => {
+                    if method != Method::DELETE {
+                        establish(&sim.store, &written);
+                    }
+                    response
+                }
+                Err(e) => error_response(&e),
+            }
+        }
+        Ok((response, _)) => response,
+        Err(e) => error_response(&e),
+    }
 }
 
+/// Marks a CRD Established and its names accepted, as the real server does.
+fn establish(store: &Store, crd: &Value) {
+    let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+    let Ok(mut current) = store.get(&crd_resource(), "", name) else {
+        return;
+    };
+    let now = current["metadata"]["creationTimestamp"].clone();
+    let condition = |t: &str, reason: &str| json!({"type": t, "status": "True", "reason": reason, "message": "", "lastTransitionTime": now});
+    current["status"] = json!({
+        "conditions": [condition("NamesAccepted", "NoConflicts"), condition("Established", "InitialNamesAccepted")],
+        "acceptedNames": current["spec"]["names"].clone(),
+        "storedVersions": current["spec"]["versions"].as_array().into_iter().flatten()
+            .filter(|v| v["storage"].as_bool() == Some(true)).map(|v| v["name"].clone()).collect::<Vec<_>>(),
+    });
+    if current["status"]
+        != store
+            .get(&crd_resource(), "", name)
+            .map(|c| c["status"].clone())
+            .unwrap_or_default()
+    {
+        let _ = store.update(&crd_resource(), "", name, current, true);
+    }
+}
+
+/// Validates, prunes and defaults an object of a CRD-defined resource against
+/// its schema, as the API server does before storing it. Unknown fields are an
+/// error with `fieldValidation=Strict` (kubectl's default) and dropped otherwise.
+fn admit(
+    custom: &Option<Custom>,
+    kind: &str,
+    object: &mut Value,
+    strict: bool,
+) -> Result<(), StoreError> {
+    let Some(schema) = custom.as_ref().and_then(|c| c.schema.as_ref()) else {
+        return Ok(());
+    };
+    let problems: Vec<String> = disagg::api::structural::check(schema, object)
+        .into_iter()
+        .filter(|p| strict || p.message != "unknown field")
+        .map(|p| p.to_string())
+        .collect();
+    if !problems.is_empty() {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        return Err(StoreError {
+            code: 422,
+            reason: "Invalid",
+            message: format!("{kind} \"{name}\" is invalid: {}", problems.join(", ")),
+        });
+    }
+    disagg::api::structural::prune(schema, object);
+    disagg::api::structural::apply_defaults(schema, object);
+    Ok(())
+}
+
+/// A response, and the object as written (for side effects such as CRD registration).
+type Served = (Response, Option<Value>);
+
 async fn serve(
-    store: &Arc<Store>,
+    sim: &Arc<Sim>,
     method: &Method,
     t: Target,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Response, StoreError> {
+) -> Result<Served, StoreError> {
+    let store = &sim.store;
+    let custom = sim.custom(&t.resource);
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     let info = store.resource(&t.resource).ok_or_else(|| StoreError {
         code: 404,
         reason: "NotFound",
@@ -214,7 +382,7 @@ async fn serve(
                 )?,
             };
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
-                return watch(store, &t.resource, &info, filter, query).await;
+                return Ok((watch(store, &t.resource, &info, filter, query).await?, None));
             }
             let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
             let page = store.list(
@@ -228,22 +396,24 @@ async fn serve(
                 meta["continue"] = json!(c);
             }
             let items: Vec<Value> = page.items.into_iter().map(with_type).collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"kind": format!("{}List", info.kind), "apiVersion": api_version(&t.resource), "metadata": meta, "items": items}),
-            ))
+            let list = json!({"kind": format!("{}List", info.kind), "apiVersion": api_version(&t.resource), "metadata": meta, "items": items});
+            Ok((json_response(StatusCode::OK, &list), None))
         }
-        (Method::GET, Some(name)) => Ok(json_response(
-            StatusCode::OK,
-            &with_type(store.get(&t.resource, &ns, name)?),
-        )),
+        (Method::GET, Some(name)) => {
+            let object = with_type(store.get(&t.resource, &ns, name)?);
+            Ok((json_response(StatusCode::OK, &object), None))
+        }
         (Method::POST, None) => {
-            let created = store.create(&t.resource, &ns, parse_body()?)?;
-            Ok(json_response(StatusCode::CREATED, &with_type(created)))
+            let mut object = parse_body()?;
+            admit(&custom, &info.kind, &mut object, strict)?;
+            let created = with_type(store.create(&t.resource, &ns, object)?);
+            Ok((json_response(StatusCode::CREATED, &created), Some(created)))
         }
         (Method::PUT, Some(name)) => {
-            let updated = store.update(&t.resource, &ns, name, parse_body()?, status_only)?;
-            Ok(json_response(StatusCode::OK, &with_type(updated)))
+            let mut object = parse_body()?;
+            admit(&custom, &info.kind, &mut object, strict)?;
+            let updated = with_type(store.update(&t.resource, &ns, name, object, status_only)?);
+            Ok((json_response(StatusCode::OK, &updated), Some(updated)))
         }
         (Method::PATCH, Some(name)) => {
             let content_type = headers
@@ -282,8 +452,9 @@ async fn serve(
             {
                 m.remove("resourceVersion");
             }
-            let updated = store.update(&t.resource, &ns, name, doc, status_only)?;
-            Ok(json_response(StatusCode::OK, &with_type(updated)))
+            admit(&custom, &info.kind, &mut doc, strict)?;
+            let updated = with_type(store.update(&t.resource, &ns, name, doc, status_only)?);
+            Ok((json_response(StatusCode::OK, &updated), Some(updated)))
         }
         (Method::DELETE, Some(name)) => {
             let precondition = serde_json::from_slice::<Value>(body).ok().and_then(|b| {
@@ -291,8 +462,13 @@ async fn serve(
                     .as_str()
                     .map(str::to_string)
             });
-            let deleted = store.delete(&t.resource, &ns, name, precondition.as_deref())?;
-            Ok(json_response(StatusCode::OK, &with_type(deleted)))
+            let deleted =
+                with_type(store.delete(&t.resource, &ns, name, precondition.as_deref())?);
+            let gone = deleted["metadata"].get("deletionTimestamp").is_none();
+            Ok((
+                json_response(StatusCode::OK, &deleted),
+                gone.then_some(deleted),
+            ))
         }
         (m, _) => Err(StoreError {
             code: 405,
@@ -431,14 +607,16 @@ fn group_list(store: &Store) -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-fn resource_list(store: &Store, group: &str, version: &str) -> Value {
-    let resources: Vec<Value> = store
+fn resource_list(sim: &Sim, group: &str, version: &str) -> Value {
+    let resources: Vec<Value> = sim
+        .store
         .resources()
         .into_iter()
         .filter(|(id, _)| id.group == group && id.version == version)
         .flat_map(|(id, info)| {
+            let short_names = sim.custom(&id).map(|c| c.short_names).unwrap_or_default();
             let main = json!({"name": id.plural, "singularName": info.kind.to_lowercase(), "namespaced": info.namespaced, "kind": info.kind,
-                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]});
+                "shortNames": short_names, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]});
             let status = info.status_subresource.then(|| {
                 json!({"name": format!("{}/status", id.plural), "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]})
             });

@@ -226,6 +226,13 @@ impl Store {
         self.lock().resources.insert(id, info);
     }
 
+    /// Stops serving a resource type (its CRD went away) and forgets its objects.
+    pub fn unregister(&self, id: &ResourceId) {
+        let mut inner = self.lock();
+        inner.resources.remove(id);
+        inner.objects.retain(|(r, _, _), _| r != id);
+    }
+
     /// Every registered resource type.
     pub fn resources(&self) -> Vec<(ResourceId, ResourceInfo)> {
         self.lock()

@@ -6,7 +6,7 @@ use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::runtime::watcher;
-use kube_sim::server::{register_builtins, router};
+use kube_sim::server::{Sim, router};
 use kube_sim::store::Store;
 use serde_json::json;
 use std::sync::Arc;
@@ -14,10 +14,10 @@ use std::time::Duration;
 
 async fn start() -> (kube::Client, Arc<Store>) {
     let store = Arc::new(Store::default());
-    register_builtins(&store);
+    let sim = Sim::new(store.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = router(store.clone());
+    let app = router(sim);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     (kube::Client::try_from(config).unwrap(), store)

@@ -1,0 +1,155 @@
+//! CustomResourceDefinitions applied through the API register new resources,
+//! whose objects are validated, pruned and defaulted by their schema.
+
+use disagg::api::lws::LeaderWorkerSet;
+use disagg::api::set::DisaggregatedSet;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube_sim::server::{Sim, router};
+use kube_sim::store::Store;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn shared(path: &str) -> PathBuf {
+    match std::env::var_os("DISAGG_SHARED") {
+        Some(dir) => PathBuf::from(dir).join(path),
+        None => repo("../shared").join(path),
+    }
+}
+
+async fn start() -> kube::Client {
+    let sim = Sim::new(Arc::new(Store::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(sim)).await.unwrap() });
+    kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap())).unwrap()
+}
+
+async fn install(client: &kube::Client, file: PathBuf) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let text = std::fs::read_to_string(&file).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).unwrap();
+        let created = api.create(&PostParams::default(), &crd).await.unwrap();
+        let established = api
+            .get(created.metadata.name.as_deref().unwrap())
+            .await
+            .unwrap();
+        let conditions = established.status.unwrap().conditions.unwrap();
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        );
+    }
+}
+
+#[tokio::test]
+async fn crds_register_resources_with_defaults_pruning_and_validation() {
+    let client = start().await;
+    install(&client, repo("deploy/crds/disaggregatedset.x-k8s.io.yaml")).await;
+    install(
+        &client,
+        shared("upstream/leaderworkerset.x-k8s.io_leaderworkersets.yaml"),
+    )
+    .await;
+
+    let sets: Api<DisaggregatedSet> = Api::namespaced(client.clone(), "default");
+    let mut manifest: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
+            .unwrap();
+    manifest["spec"]["roles"][0]["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["surprise"] =
+        json!(1);
+    let set: DisaggregatedSet = serde_json::from_value(manifest.clone()).unwrap();
+    // kubectl's default (fieldValidation=Strict): unknown fields are an error.
+    let mut req = kube::core::Request::new(
+        "/apis/disaggregatedset.x-k8s.io/v1/namespaces/default/disaggregatedsets",
+    )
+    .create(&PostParams::default(), serde_json::to_vec(&set).unwrap())
+    .unwrap();
+    *req.uri_mut() = format!("{}&fieldValidation=Strict", req.uri())
+        .parse()
+        .unwrap();
+    let err = client.request::<DisaggregatedSet>(req).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("surprise: unknown field")),
+        "{err:?}"
+    );
+    // Otherwise they are pruned, and schema defaults are applied.
+    let created = sets.create(&PostParams::default(), &set).await.unwrap();
+    let raw = serde_json::to_value(&created).unwrap();
+    assert!(
+        raw["spec"]["roles"][0]["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
+            .get("surprise")
+            .is_none()
+    );
+    assert_eq!(created.spec.slices, 1);
+    assert_eq!(
+        raw["spec"]["roles"][0]["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"]
+            [0]["ports"][0]["protocol"],
+        "TCP"
+    );
+
+    // Type errors are refused whatever the validation mode.
+    let mut bad = manifest.clone();
+    bad["metadata"]["name"] = json!("bad");
+    bad["spec"]["slices"] = json!("two");
+    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &kube::api::ApiResource::erase::<DisaggregatedSet>(&()),
+    );
+    let obj: kube::api::DynamicObject = serde_json::from_value(bad).unwrap();
+    let err = dynamic
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("spec.slices: must be of type integer")),
+        "{err:?}"
+    );
+
+    // The upstream LWS CRD serves LeaderWorkerSets with their status subresource.
+    let lws_api: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
+    let rendered =
+        disagg::core::render::render_child(&created, &created.spec.roles[0], 0, "abcd1234", 2);
+    let lws = lws_api
+        .create(&PostParams::default(), &rendered)
+        .await
+        .unwrap();
+    assert_eq!(lws.spec.replicas, 2);
+    let mut with_status = lws.clone();
+    with_status.status = Some(disagg::api::lws::LeaderWorkerSetStatus {
+        replicas: 2,
+        ready_replicas: 2,
+        ..Default::default()
+    });
+    let updated = lws_api
+        .replace_status(
+            lws.metadata.name.as_deref().unwrap(),
+            &PostParams::default(),
+            &with_status,
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.status.unwrap().ready_replicas, 2);
+
+    // Discovery shows the new groups with their short names.
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    let lws_group = discovery
+        .get("leaderworkerset.x-k8s.io")
+        .expect("the LWS group is discoverable");
+    assert!(
+        lws_group
+            .recommended_resources()
+            .iter()
+            .any(|(r, _)| r.plural == "leaderworkersets")
+    );
+}
