@@ -31,7 +31,6 @@ pub struct Sim {
 #[derive(Clone)]
 struct Custom {
     schema: Option<Value>,
-    short_names: Vec<String>,
 }
 
 impl Sim {
@@ -87,13 +86,13 @@ impl Sim {
                     kind: kind.to_string(),
                     namespaced,
                     status_subresource: v["subresources"].get("status").is_some(),
+                    short_names: short_names.clone(),
                 },
             );
             custom.insert(
                 id,
                 Custom {
                     schema: v["schema"].get("openAPIV3Schema").cloned(),
-                    short_names: short_names.clone(),
                 },
             );
         }
@@ -106,13 +105,38 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
 
 /// Registers the built-in kinds the operator uses.
 pub fn register_builtins(store: &Store) {
-    let kinds = [
-        ("", "v1", "namespaces", "Namespace", false, true),
-        ("", "v1", "configmaps", "ConfigMap", true, false),
-        ("", "v1", "services", "Service", true, true),
-        ("", "v1", "events", "Event", true, false),
-        ("events.k8s.io", "v1", "events", "Event", true, false),
-        ("coordination.k8s.io", "v1", "leases", "Lease", true, false),
+    type Builtin<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        bool,
+        bool,
+        &'a [&'a str],
+    );
+    let kinds: [Builtin; 7] = [
+        ("", "v1", "namespaces", "Namespace", false, true, &["ns"]),
+        ("", "v1", "configmaps", "ConfigMap", true, false, &["cm"]),
+        ("", "v1", "services", "Service", true, true, &["svc"]),
+        ("", "v1", "events", "Event", true, false, &["ev"]),
+        (
+            "events.k8s.io",
+            "v1",
+            "events",
+            "Event",
+            true,
+            false,
+            &["ev"],
+        ),
+        (
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+            false,
+            &[],
+        ),
         (
             "apiextensions.k8s.io",
             "v1",
@@ -120,15 +144,17 @@ pub fn register_builtins(store: &Store) {
             "CustomResourceDefinition",
             false,
             true,
+            &["crd", "crds"],
         ),
     ];
-    for (group, version, plural, kind, namespaced, status) in kinds {
+    for (group, version, plural, kind, namespaced, status, short) in kinds {
         store.register(
             ResourceId::new(group, version, plural),
             ResourceInfo {
                 kind: kind.into(),
                 namespaced,
                 status_subresource: status,
+                short_names: short.iter().map(|s| s.to_string()).collect(),
             },
         );
     }
@@ -228,7 +254,7 @@ async fn handle(
         "/version" => {
             return json_response(
                 StatusCode::OK,
-                &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-kube-sim", "platform": "linux/amd64"}),
+                &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-kube-sim", "platform": "linux/amd64"}),
             );
         }
         "/healthz" | "/livez" | "/readyz" => return (StatusCode::OK, "ok").into_response(),
@@ -255,6 +281,19 @@ async fn handle(
             message: format!("the server could not find the requested resource ({path})"),
         });
     };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return error_response(&StoreError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/json-patch+json (got {content_type})"
+            ),
+        });
+    }
     let is_crd = target.resource == crd_resource();
     let result = serve(&sim, &method, target, &query, &headers, &body).await;
     match result {
@@ -614,9 +653,8 @@ fn resource_list(sim: &Sim, group: &str, version: &str) -> Value {
         .into_iter()
         .filter(|(id, _)| id.group == group && id.version == version)
         .flat_map(|(id, info)| {
-            let short_names = sim.custom(&id).map(|c| c.short_names).unwrap_or_default();
             let main = json!({"name": id.plural, "singularName": info.kind.to_lowercase(), "namespaced": info.namespaced, "kind": info.kind,
-                "shortNames": short_names, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]});
+                "shortNames": info.short_names, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]});
             let status = info.status_subresource.then(|| {
                 json!({"name": format!("{}/status", id.plural), "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]})
             });

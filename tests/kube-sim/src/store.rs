@@ -46,6 +46,8 @@ pub struct ResourceInfo {
     /// With a status subresource, the main endpoint ignores `status` and the
     /// status endpoint ignores everything else.
     pub status_subresource: bool,
+    /// Discovery's short names (`cm`, `lws`, …).
+    pub short_names: Vec<String>,
 }
 
 /// A failed request, with the API server's status code and reason.

@@ -11,6 +11,7 @@ fn setup() -> (Store, ResourceId) {
             kind: "ConfigMap".into(),
             namespaced: true,
             status_subresource: false,
+            short_names: vec![],
         },
     );
     let lws = ResourceId::new("leaderworkerset.x-k8s.io", "v1", "leaderworkersets");
@@ -20,6 +21,7 @@ fn setup() -> (Store, ResourceId) {
             kind: "LeaderWorkerSet".into(),
             namespaced: true,
             status_subresource: true,
+            short_names: vec![],
         },
     );
     (store, cm)

@@ -1,0 +1,78 @@
+//! `kube-sim`: serves the in-memory API server on loopback and writes a
+//! kubeconfig for kubectl and the operator (work in progress: see lib.rs).
+
+use clap::Parser;
+use kube_sim::server::{Sim, router};
+use kube_sim::store::Store;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "kube-sim",
+    version,
+    about = "In-memory Kubernetes API server for tests and local use"
+)]
+struct Args {
+    /// Address to serve on; port 0 picks a free one. Loopback only.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where to write a kubeconfig pointing at this server.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// A kubeconfig for a plain-HTTP server without authentication.
+pub fn kubeconfig(addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-sim\n  cluster:\n    server: http://{addr}\nusers:\n- name: kube-sim\n  user: {{}}\ncontexts:\n- name: kube-sim\n  context:\n    cluster: kube-sim\n    user: kube-sim\n    namespace: default\ncurrent-context: kube-sim\n"
+    )
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "error: --listen {}: kube-sim serves on loopback only (no authentication)",
+            args.listen
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: --listen {}: {e}", args.listen);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    if let Some(path) = &args.kubeconfig {
+        // Write to a temporary file and rename, so a reader never sees half a file.
+        let tmp = path.with_extension("tmp");
+        if let Err(e) =
+            std::fs::write(&tmp, kubeconfig(addr)).and_then(|()| std::fs::rename(&tmp, path))
+        {
+            eprintln!("error: --kubeconfig {}: {e}", path.display());
+            return std::process::ExitCode::from(2);
+        }
+    }
+    println!("kube-sim serving on http://{addr}");
+    let sim = Sim::new(Arc::new(Store::default()));
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match axum::serve(listener, router(sim))
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: serving: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
