@@ -7,7 +7,7 @@
 //! compaction and 410 Expired; label-selector parsing ([`selector`]); and the
 //! HTTP server ([`server`]) for the built-in kinds and for resources that
 //! CRDs define (schema validation, pruning and defaults).
-//! Not built yet: server-side apply, the scale subresource, CEL rules,
+//! Not built yet: server-side apply, CEL rules,
 //! OpenAPI and aggregated discovery,
 //! garbage collection, fault injection, the LWS simulator and the `kube-sim`
 //! binary.

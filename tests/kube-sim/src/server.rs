@@ -5,8 +5,8 @@
 //! watch (from a resourceVersion, bookmarks, timeout, 410 as an ERROR event),
 //! create, update, the status subresource, JSON merge patch, RFC 6902 patch
 //! and delete; CRDs register resources whose objects are validated, pruned
-//! and defaulted by their schema. Server-side apply, the scale subresource,
-//! OpenAPI, aggregated discovery and fault injection are not built yet.
+//! and defaulted by their schema, with their scale subresource. Server-side
+//! apply, OpenAPI, aggregated discovery and fault injection are not built yet.
 
 use crate::selector::Selector;
 use crate::store::{EventType, Filter, ResourceId, ResourceInfo, Store, StoreError, WatchEvent};
@@ -31,6 +31,8 @@ pub struct Sim {
 #[derive(Clone)]
 struct Custom {
     schema: Option<Value>,
+    /// `subresources.scale`: specReplicasPath, statusReplicasPath, labelSelectorPath.
+    scale: Option<Value>,
 }
 
 impl Sim {
@@ -93,6 +95,7 @@ impl Sim {
                 id,
                 Custom {
                     schema: v["schema"].get("openAPIV3Schema").cloned(),
+                    scale: v["subresources"].get("scale").cloned(),
                 },
             );
         }
@@ -397,6 +400,14 @@ async fn serve(
         }
         v
     };
+    if t.subresource.as_deref() == Some("scale")
+        && let (Some(scale), Some(name)) = (
+            custom.as_ref().and_then(|c| c.scale.clone()),
+            t.name.as_deref(),
+        )
+    {
+        return serve_scale(store, method, &t.resource, &ns, name, &scale, headers, body);
+    }
     let status_only = match t.subresource.as_deref() {
         None => false,
         Some("status") if info.status_subresource => true,
@@ -514,6 +525,120 @@ async fn serve(
             reason: "MethodNotAllowed",
             message: format!("{m} is not allowed here"),
         }),
+    }
+}
+
+/// `.spec.replicas` → `/spec/replicas`.
+fn pointer(json_path: &str) -> String {
+    json_path
+        .trim_start_matches('.')
+        .split('.')
+        .fold(String::new(), |acc, part| format!("{acc}/{part}"))
+}
+
+/// The scale subresource: an `autoscaling/v1` Scale view of the object's replica paths.
+#[allow(clippy::too_many_arguments)]
+fn serve_scale(
+    store: &Store,
+    method: &Method,
+    resource: &ResourceId,
+    ns: &str,
+    name: &str,
+    paths: &Value,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Served, StoreError> {
+    let spec_path = pointer(
+        paths["specReplicasPath"]
+            .as_str()
+            .unwrap_or(".spec.replicas"),
+    );
+    let status_path = pointer(
+        paths["statusReplicasPath"]
+            .as_str()
+            .unwrap_or(".status.replicas"),
+    );
+    let selector_path = paths["labelSelectorPath"].as_str().map(pointer);
+    let view = |object: &Value| {
+        let m = &object["metadata"];
+        let mut status =
+            json!({"replicas": object.pointer(&status_path).cloned().unwrap_or(json!(0))});
+        if let Some(sel) = selector_path.as_deref().and_then(|p| object.pointer(p)) {
+            status["selector"] = sel.clone();
+        }
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+               "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+                            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+               "spec": {"replicas": object.pointer(&spec_path).cloned().unwrap_or(json!(0))},
+               "status": status})
+    };
+    let current = store.get(resource, ns, name)?;
+    let wanted = match *method {
+        Method::GET => return Ok((json_response(StatusCode::OK, &view(&current)), None)),
+        Method::PUT => serde_json::from_slice::<Value>(body)
+            .map_err(|e| bad_request(format!("the body is not JSON: {e}")))?,
+        Method::PATCH => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let patch: Value = serde_json::from_slice(body)
+                .map_err(|e| bad_request(format!("the body is not JSON: {e}")))?;
+            let mut doc = view(&current);
+            if content_type.starts_with("application/json-patch+json") {
+                let ops: json_patch::Patch = serde_json::from_value(patch)
+                    .map_err(|e| bad_request(format!("invalid JSON patch: {e}")))?;
+                json_patch::patch(&mut doc, &ops).map_err(|e| StoreError {
+                    code: 422,
+                    reason: "Invalid",
+                    message: format!("the JSON patch does not apply: {e}"),
+                })?;
+            } else {
+                json_patch::merge(&mut doc, &patch);
+            }
+            doc
+        }
+        ref m => {
+            return Err(StoreError {
+                code: 405,
+                reason: "MethodNotAllowed",
+                message: format!("{m} is not allowed on scale"),
+            });
+        }
+    };
+    let replicas = wanted["spec"]["replicas"]
+        .as_i64()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| StoreError {
+            code: 422,
+            reason: "Invalid",
+            message: format!(
+                "Scale \"{name}\" is invalid: spec.replicas: must be a non-negative integer"
+            ),
+        })?;
+    let mut next = current.clone();
+    if let Some(rv) = wanted["metadata"]["resourceVersion"].as_str() {
+        next["metadata"]["resourceVersion"] = json!(rv);
+    }
+    set_pointer(&mut next, &spec_path, json!(replicas));
+    let updated = store.update(resource, ns, name, next, false)?;
+    Ok((json_response(StatusCode::OK, &view(&updated)), None))
+}
+
+/// Sets the value at a JSON pointer, creating objects on the way.
+fn set_pointer(doc: &mut Value, pointer: &str, value: Value) {
+    let mut at = doc;
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        let map = at.as_object_mut().expect("just made an object");
+        if i + 1 == parts.len() {
+            map.insert(part.to_string(), value);
+            return;
+        }
+        at = map.entry(part.to_string()).or_insert_with(|| json!({}));
     }
 }
 
@@ -658,7 +783,10 @@ fn resource_list(sim: &Sim, group: &str, version: &str) -> Value {
             let status = info.status_subresource.then(|| {
                 json!({"name": format!("{}/status", id.plural), "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]})
             });
-            std::iter::once(main).chain(status)
+            let scale = sim.custom(&id).and_then(|c| c.scale).map(|_| {
+                json!({"name": format!("{}/scale", id.plural), "singularName": "", "namespaced": info.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
+            });
+            std::iter::once(main).chain(status).chain(scale)
         })
         .collect();
     let gv = if group.is_empty() {

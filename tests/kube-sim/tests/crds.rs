@@ -141,6 +141,40 @@ async fn crds_register_resources_with_defaults_pruning_and_validation() {
         .unwrap();
     assert_eq!(updated.status.unwrap().ready_replicas, 2);
 
+    // The scale subresource maps onto spec.replicas / status.replicas / status.hpaPodSelector.
+    let name = lws.metadata.name.as_deref().unwrap();
+    let scale = lws_api.get_scale(name).await.unwrap();
+    assert_eq!(
+        (scale.spec.unwrap().replicas, scale.status.unwrap().replicas),
+        (Some(2), 2)
+    );
+    let scaled = lws_api
+        .patch_scale(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(scaled.spec.unwrap().replicas, Some(5));
+    let after = lws_api.get(name).await.unwrap();
+    assert_eq!(
+        (after.spec.replicas, after.status.unwrap().ready_replicas),
+        (5, 2)
+    );
+    let err = lws_api
+        .patch_scale(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": -1}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+
     // Discovery shows the new groups with their short names.
     let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
     let lws_group = discovery

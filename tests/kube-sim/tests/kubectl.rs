@@ -19,7 +19,8 @@ impl Drop for Server {
     }
 }
 
-fn start() -> Option<Server> {
+/// A server with its own kubeconfig under a directory named for the test.
+fn start(test: &str) -> Option<Server> {
     if Command::new("kubectl")
         .arg("version")
         .arg("--client")
@@ -29,9 +30,10 @@ fn start() -> Option<Server> {
         eprintln!("SKIPPED: kubectl is not installed");
         return None;
     }
-    let dir = std::env::temp_dir().join(format!("kube-sim-kubectl-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("kube-sim-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
+    let _ = std::fs::remove_file(&kubeconfig);
     let child = Command::new(env!("CARGO_BIN_EXE_kube-sim"))
         .args(["--listen", "127.0.0.1:0", "--kubeconfig"])
         .arg(&kubeconfig)
@@ -69,7 +71,7 @@ fn ok(out: Output) -> String {
 
 #[test]
 fn kubectl_applies_gets_and_deletes() {
-    let Some(server) = start() else { return };
+    let Some(server) = start("crud") else { return };
     let k = server.kubeconfig.as_path();
     let manifest = server.kubeconfig.with_file_name("cm.yaml");
     std::fs::write(&manifest, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n  labels: {app: x}\ndata:\n  a: b\n").unwrap();
@@ -96,5 +98,37 @@ fn kubectl_applies_gets_and_deletes() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("NotFound")
             || String::from_utf8_lossy(&out.stderr).contains("not found")
+    );
+}
+
+#[test]
+fn kubectl_scales_a_custom_resource_through_its_scale_subresource() {
+    let Some(server) = start("scale") else { return };
+    let k = server.kubeconfig.as_path();
+    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/crds/disaggregatedset.x-k8s.io.yaml");
+    ok(kubectl(
+        k,
+        &["apply", "--validate=false", "-f", crds.to_str().unwrap()],
+    ));
+    let scaler = server.kubeconfig.with_file_name("scaler.yaml");
+    std::fs::write(&scaler, "apiVersion: disaggregatedset.x-k8s.io/v1\nkind: DisaggregatedSetRoleScaler\nmetadata:\n  name: llm-decode\nspec:\n  replicas: 1\n").unwrap();
+    ok(kubectl(
+        k,
+        &["apply", "--validate=false", "-f", scaler.to_str().unwrap()],
+    ));
+    assert!(ok(kubectl(k, &["scale", "dsrs/llm-decode", "--replicas=4"])).contains("scaled"));
+    assert_eq!(
+        ok(kubectl(
+            k,
+            &[
+                "get",
+                "dsrs",
+                "llm-decode",
+                "-o",
+                "jsonpath={.spec.replicas}"
+            ]
+        )),
+        "4"
     );
 }
