@@ -163,9 +163,30 @@ pub fn register_builtins(store: &Store) {
     }
 }
 
-/// The router for a server.
+/// The router for a server. Also starts its garbage collector, which deletes
+/// objects whose owners are all gone after every deletion (Background and
+/// Foreground propagation both end there; Orphan strips the references first).
 pub fn router(sim: Arc<Sim>) -> Router {
+    spawn_garbage_collector(sim.store.clone());
     Router::new().fallback(handle).with_state(sim)
+}
+
+fn spawn_garbage_collector(store: Arc<Store>) {
+    let mut events = store.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(e) if e.kind == EventType::Deleted => {
+                    store.collect_garbage();
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    store.collect_garbage();
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 fn crd_resource() -> ResourceId {
@@ -507,11 +528,21 @@ async fn serve(
             Ok((json_response(StatusCode::OK, &updated), Some(updated)))
         }
         (Method::DELETE, Some(name)) => {
-            let precondition = serde_json::from_slice::<Value>(body).ok().and_then(|b| {
-                b["preconditions"]["resourceVersion"]
-                    .as_str()
-                    .map(str::to_string)
-            });
+            let options = serde_json::from_slice::<Value>(body).unwrap_or_default();
+            let precondition = options["preconditions"]["resourceVersion"]
+                .as_str()
+                .map(str::to_string);
+            let policy = query
+                .get("propagationPolicy")
+                .map(String::as_str)
+                .or(options["propagationPolicy"].as_str())
+                .unwrap_or("Background");
+            if policy == "Orphan" {
+                let current = store.get(&t.resource, &ns, name)?;
+                if let Some(uid) = current["metadata"]["uid"].as_str() {
+                    store.orphan_dependents(uid);
+                }
+            }
             let deleted =
                 with_type(store.delete(&t.resource, &ns, name, precondition.as_deref())?);
             let gone = deleted["metadata"].get("deletionTimestamp").is_none();

@@ -648,6 +648,74 @@ impl Store {
         Ok((backlog, receiver))
     }
 
+    /// Garbage collection: deletes every object whose ownerReferences all name
+    /// objects that no longer exist, until none is left (dependents of
+    /// dependents go too). Returns how many were deleted.
+    pub fn collect_garbage(&self) -> usize {
+        let mut deleted = 0;
+        loop {
+            let orphans: Vec<(ResourceId, String, String)> = {
+                let inner = self.lock();
+                let live: std::collections::HashSet<&str> = inner
+                    .objects
+                    .values()
+                    .filter_map(|o| o["metadata"]["uid"].as_str())
+                    .collect();
+                inner
+                    .objects
+                    .iter()
+                    .filter(|(_, o)| {
+                        let owners = o["metadata"]["ownerReferences"].as_array();
+                        owners.is_some_and(|refs| {
+                            !refs.is_empty()
+                                && refs
+                                    .iter()
+                                    .all(|r| !r["uid"].as_str().is_some_and(|u| live.contains(u)))
+                        })
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            if orphans.is_empty() {
+                return deleted;
+            }
+            for (resource, ns, name) in orphans {
+                if self.delete(&resource, &ns, &name, None).is_ok() {
+                    deleted += 1;
+                }
+            }
+        }
+    }
+
+    /// Removes ownerReferences to `owner_uid` from every object (delete with
+    /// `propagationPolicy: Orphan`).
+    pub fn orphan_dependents(&self, owner_uid: &str) {
+        let dependents: Vec<(ResourceId, String, String, Value)> = {
+            let inner = self.lock();
+            inner
+                .objects
+                .iter()
+                .filter(|(_, o)| {
+                    o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r["uid"] == owner_uid))
+                })
+                .map(|((r, ns, name), o)| (r.clone(), ns.clone(), name.clone(), o.clone()))
+                .collect()
+        };
+        for (resource, ns, name, mut object) in dependents {
+            if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
+                refs.retain(|r| r["uid"] != owner_uid);
+            }
+            let _ = self.update(&resource, &ns, &name, object, false);
+        }
+    }
+
+    /// Every change from now on (for background work such as garbage collection).
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+
     /// Forgets the watch log: resuming from any earlier version gets 410 Expired.
     pub fn compact(&self) {
         let mut inner = self.lock();

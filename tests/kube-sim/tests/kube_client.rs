@@ -221,3 +221,63 @@ async fn bookmarks_carry_the_latest_version() {
     }
     assert!(!latest.is_empty());
 }
+
+fn owned(name: &str, owner: &ConfigMap) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": [{
+        "apiVersion": "v1", "kind": "ConfigMap", "name": owner.metadata.name, "uid": owner.metadata.uid, "controller": true}]}}))
+    .unwrap()
+}
+
+async fn gone(api: &Api<ConfigMap>, name: &str) -> bool {
+    for _ in 0..100 {
+        if api.get_opt(name).await.unwrap().is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn deleting_an_owner_collects_its_dependents_unless_orphaned() {
+    let (client, _) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let parent = api
+        .create(&PostParams::default(), &cm("parent", json!({})))
+        .await
+        .unwrap();
+    let child = api
+        .create(&PostParams::default(), &owned("child", &parent))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &owned("grandchild", &child))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &cm("bystander", json!({})))
+        .await
+        .unwrap();
+    api.delete("parent", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(gone(&api, "child").await && gone(&api, "grandchild").await);
+    assert!(api.get_opt("bystander").await.unwrap().is_some());
+
+    let parent = api
+        .create(&PostParams::default(), &cm("parent2", json!({})))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &owned("kept", &parent))
+        .await
+        .unwrap();
+    api.delete("parent2", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kept = api.get("kept").await.unwrap();
+    assert!(
+        kept.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+}
