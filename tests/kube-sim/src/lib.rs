@@ -7,12 +7,13 @@
 //! compaction and 410 Expired; label-selector parsing ([`selector`]); and the
 //! HTTP server ([`server`]) for the built-in kinds and for resources that
 //! CRDs define (schema validation, pruning and defaults).
+//! Fault injection lives in [`faults`].
 //! Not built yet: server-side apply, CEL rules,
 //! OpenAPI and aggregated discovery,
-//! garbage collection, fault injection, the LWS simulator and the `kube-sim`
-//! binary.
+//! foreground deletion and the LWS simulator.
 #![forbid(unsafe_code)]
 
+pub mod faults;
 pub mod selector;
 pub mod server;
 pub mod store;

@@ -24,6 +24,8 @@ use std::time::Duration;
 /// The API server's state: the store, plus what CRDs add (schemas, short names).
 pub struct Sim {
     pub store: Arc<Store>,
+    /// What to do wrong on purpose (tests set it directly or through `/kube-sim/*`).
+    pub faults: crate::faults::Faults,
     custom: RwLock<HashMap<ResourceId, Custom>>,
 }
 
@@ -41,6 +43,7 @@ impl Sim {
         register_builtins(&store);
         Arc::new(Sim {
             store,
+            faults: crate::faults::Faults::default(),
             custom: RwLock::new(HashMap::new()),
         })
     }
@@ -282,6 +285,31 @@ async fn handle(
             );
         }
         "/healthz" | "/livez" | "/readyz" => return (StatusCode::OK, "ok").into_response(),
+        "/kube-sim/faults" if method == Method::POST => {
+            let config = serde_json::from_slice::<Value>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| crate::faults::FaultConfig::from_json(&v));
+            return match config {
+                Ok(c) => {
+                    sim.faults.set(c);
+                    json_response(StatusCode::OK, &sim.faults.describe())
+                }
+                Err(e) => error_response(&bad_request(e)),
+            };
+        }
+        "/kube-sim/drop-watches" if method == Method::POST => {
+            sim.faults.drop_watches();
+            return (StatusCode::OK, "dropped").into_response();
+        }
+        "/kube-sim/compact" if method == Method::POST => {
+            sim.store.compact();
+            return (StatusCode::OK, "compacted").into_response();
+        }
+        "/kube-sim/restart" if method == Method::POST => {
+            // State is kept; every connection's watch ends, as when an API server restarts.
+            sim.faults.drop_watches();
+            return (StatusCode::OK, "restarted").into_response();
+        }
         "/api" => {
             return json_response(
                 StatusCode::OK,
@@ -317,6 +345,25 @@ async fn handle(
                 "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/json-patch+json (got {content_type})"
             ),
         });
+    }
+    let latency = sim.faults.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if method != Method::GET
+        && let Some((code, reason, message)) = sim.faults.write_failure()
+    {
+        let mut response = error_response(&StoreError {
+            code,
+            reason,
+            message,
+        });
+        if code == 429 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        return response;
     }
     let is_crd = target.resource == crd_resource();
     let result = serve(&sim, &method, target, &query, &headers, &body).await;
@@ -453,7 +500,7 @@ async fn serve(
                 )?,
             };
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
-                return Ok((watch(store, &t.resource, &info, filter, query).await?, None));
+                return Ok((watch(sim, &t.resource, &info, filter, query).await?, None));
             }
             let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
             let page = store.list(
@@ -678,12 +725,13 @@ fn patch_names_no_version(patched: &Value, current: &Value) -> bool {
 }
 
 async fn watch(
-    store: &Arc<Store>,
+    sim: &Arc<Sim>,
     resource: &ResourceId,
     info: &ResourceInfo,
     filter: Filter,
     query: &HashMap<String, String>,
 ) -> Result<Response, StoreError> {
+    let store = &sim.store;
     let from = query
         .get("resourceVersion")
         .map(String::as_str)
@@ -739,39 +787,44 @@ async fn watch(
     }
     let resource = resource.clone();
     let deadline = tokio::time::Instant::now() + timeout;
-    let live = futures::stream::unfold((receiver, last), move |(mut rx, mut last)| {
-        let (resource, filter, line, api_version, kind) = (
-            resource.clone(),
-            filter.clone(),
-            line.clone(),
-            api_version.clone(),
-            kind.clone(),
-        );
-        async move {
-            loop {
-                let tick = tokio::time::sleep(BOOKMARK_EVERY);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => return None,
-                    _ = tick, if bookmarks => {
-                        let mark = json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": last.to_string()}}});
-                        return Some((Bytes::from(format!("{mark}\n")), (rx, last)));
-                    }
-                    received = rx.recv() => match received {
-                        Ok(WatchEvent { resource: r, namespace, resource_version, kind: k, object }) => {
-                            if r != resource || resource_version <= last || !filter.matches(&namespace, &object) {
-                                continue;
-                            }
-                            last = resource_version;
-                            let type_ = match k { EventType::Added => "ADDED", EventType::Modified => "MODIFIED", EventType::Deleted => "DELETED" };
-                            return Some((line(type_, object), (rx, last)));
+    let drops = sim.faults.watch_drops();
+    let live = futures::stream::unfold(
+        (receiver, last, drops),
+        move |(mut rx, mut last, mut drops)| {
+            let (resource, filter, line, api_version, kind) = (
+                resource.clone(),
+                filter.clone(),
+                line.clone(),
+                api_version.clone(),
+                kind.clone(),
+            );
+            async move {
+                loop {
+                    let tick = tokio::time::sleep(BOOKMARK_EVERY);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => return None,
+                        _ = drops.changed() => return None,
+                        _ = tick, if bookmarks => {
+                            let mark = json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": last.to_string()}}});
+                            return Some((Bytes::from(format!("{mark}\n")), (rx, last, drops)));
                         }
-                        // Fell behind or the store went away: end the watch; the client re-lists.
-                        Err(_) => return None,
+                        received = rx.recv() => match received {
+                            Ok(WatchEvent { resource: r, namespace, resource_version, kind: k, object }) => {
+                                if r != resource || resource_version <= last || !filter.matches(&namespace, &object) {
+                                    continue;
+                                }
+                                last = resource_version;
+                                let type_ = match k { EventType::Added => "ADDED", EventType::Modified => "MODIFIED", EventType::Deleted => "DELETED" };
+                                return Some((line(type_, object), (rx, last, drops)));
+                            }
+                            // Fell behind or the store went away: end the watch; the client re-lists.
+                            Err(_) => return None,
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     let stream = futures::stream::iter(head)
         .chain(live)
         .map(Ok::<_, std::convert::Infallible>);
