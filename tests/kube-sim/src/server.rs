@@ -538,41 +538,27 @@ async fn serve(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            let current = store.get(&t.resource, &ns, name)?;
-            let mut doc = current.clone();
             let patch = parse_body()?;
-            match content_type.split(';').next().unwrap_or_default().trim() {
-                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                    json_patch::merge(&mut doc, &patch)
-                }
-                "application/json-patch+json" => {
-                    let ops: json_patch::Patch = serde_json::from_value(patch)
-                        .map_err(|e| bad_request(format!("invalid JSON patch: {e}")))?;
-                    json_patch::patch(&mut doc, &ops).map_err(|e| StoreError {
-                        code: 422,
-                        reason: "Invalid",
-                        message: format!("the JSON patch does not apply: {e}"),
-                    })?;
-                }
-                other => {
-                    return Err(StoreError {
-                        code: 415,
-                        reason: "UnsupportedMediaType",
-                        message: format!(
-                            "the patch type {other:?} is not supported by kube-sim yet"
-                        ),
-                    });
+            // Like the API server's guaranteed update: apply the patch to the
+            // current object and write it conditionally on that version, again
+            // if another write got in between. A patch that names a
+            // resourceVersion itself is a precondition, and its conflict is the client's.
+            let names_version = patch["metadata"].get("resourceVersion").is_some();
+            let mut attempts = 0;
+            loop {
+                let current = store.get(&t.resource, &ns, name)?;
+                let mut doc = current;
+                apply_patch(&mut doc, content_type, patch.clone())?;
+                admit(&custom, &info.kind, &mut doc, strict)?;
+                match store.update(&t.resource, &ns, name, doc, status_only) {
+                    Ok(updated) => {
+                        let updated = with_type(updated);
+                        return Ok((json_response(StatusCode::OK, &updated), Some(updated)));
+                    }
+                    Err(e) if e.code == 409 && !names_version && attempts < 10 => attempts += 1,
+                    Err(e) => return Err(e),
                 }
             }
-            // A patch applies to what the client saw unless it names a version itself.
-            if patch_names_no_version(&doc, &current)
-                && let Some(m) = doc.get_mut("metadata").and_then(Value::as_object_mut)
-            {
-                m.remove("resourceVersion");
-            }
-            admit(&custom, &info.kind, &mut doc, strict)?;
-            let updated = with_type(store.update(&t.resource, &ns, name, doc, status_only)?);
-            Ok((json_response(StatusCode::OK, &updated), Some(updated)))
         }
         (Method::DELETE, Some(name)) => {
             let options = serde_json::from_slice::<Value>(body).unwrap_or_default();
@@ -602,6 +588,31 @@ async fn serve(
             code: 405,
             reason: "MethodNotAllowed",
             message: format!("{m} is not allowed here"),
+        }),
+    }
+}
+
+/// Applies a PATCH body of the given media type to `doc` (strategic merge is
+/// treated as a JSON merge patch; server-side apply is not served yet).
+fn apply_patch(doc: &mut Value, content_type: &str, patch: Value) -> Result<(), StoreError> {
+    match content_type.split(';').next().unwrap_or_default().trim() {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            json_patch::merge(doc, &patch);
+            Ok(())
+        }
+        "application/json-patch+json" => {
+            let ops: json_patch::Patch = serde_json::from_value(patch)
+                .map_err(|e| bad_request(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(doc, &ops).map_err(|e| StoreError {
+                code: 422,
+                reason: "Invalid",
+                message: format!("the JSON patch does not apply: {e}"),
+            })
+        }
+        other => Err(StoreError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: format!("the patch type {other:?} is not supported by kube-sim yet"),
         }),
     }
 }
@@ -663,17 +674,7 @@ fn serve_scale(
             let patch: Value = serde_json::from_slice(body)
                 .map_err(|e| bad_request(format!("the body is not JSON: {e}")))?;
             let mut doc = view(&current);
-            if content_type.starts_with("application/json-patch+json") {
-                let ops: json_patch::Patch = serde_json::from_value(patch)
-                    .map_err(|e| bad_request(format!("invalid JSON patch: {e}")))?;
-                json_patch::patch(&mut doc, &ops).map_err(|e| StoreError {
-                    code: 422,
-                    reason: "Invalid",
-                    message: format!("the JSON patch does not apply: {e}"),
-                })?;
-            } else {
-                json_patch::merge(&mut doc, &patch);
-            }
+            apply_patch(&mut doc, content_type, patch)?;
             doc
         }
         ref m => {
@@ -718,10 +719,6 @@ fn set_pointer(doc: &mut Value, pointer: &str, value: Value) {
         }
         at = map.entry(part.to_string()).or_insert_with(|| json!({}));
     }
-}
-
-fn patch_names_no_version(patched: &Value, current: &Value) -> bool {
-    patched["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"]
 }
 
 async fn watch(
