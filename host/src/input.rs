@@ -2,11 +2,11 @@
 //! file and the field. A set read here has been checked and defaulted against
 //! our CRD schema, exactly as the API server would, then validated.
 
-use crate::api::crd::schema_of;
+use crate::api::crd::set_schema;
 use crate::api::set::DisaggregatedSet;
 use crate::api::{structural, validate};
 use crate::core::plan::PlanCase;
-use kube::{CustomResourceExt, Resource};
+use kube::Resource;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -93,13 +93,14 @@ pub fn set_from_value(file: &Path, value: &mut Value) -> Result<DisaggregatedSet
             ),
         ));
     }
-    let schema = schema_of(&DisaggregatedSet::crd());
-    let problems = structural::check(&schema, value);
+    // The schema of the CRD we ship, so an offline check sees what the API server would.
+    let schema = set_schema();
+    let problems = structural::check(schema, value);
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(error(file, list.join("; ")));
     }
-    structural::apply_defaults(&schema, value);
+    structural::apply_defaults(schema, value);
     let mut set: DisaggregatedSet = typed(file, value.clone())?;
     if set.metadata.name.is_none() {
         return Err(error(file, "metadata.name: required value"));

@@ -138,6 +138,12 @@ fn bad_input_is_one_line_naming_file_and_field_with_exit_code_2() {
             base.replace("replicas: 2", "replicas: two"),
             "spec.roles[0].spec.replicas: must be of type integer, got string",
         ),
+        (
+            // Upstream's schema allows a role without `spec`; the one thing it lacks is named.
+            "nospec.yaml",
+            "apiVersion: disaggregatedset.x-k8s.io/v1\nkind: DisaggregatedSet\nmetadata: {name: s}\nspec:\n  roles: [{name: a}, {name: b}]\n".to_string(),
+            "spec.roles[0].spec.leaderWorkerTemplate.workerTemplate.spec.containers: required",
+        ),
     ];
     for (name, text, want) in cases {
         let path = temp(name, &text);

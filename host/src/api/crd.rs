@@ -72,6 +72,18 @@ pub fn crds_yaml() -> String {
     out
 }
 
+/// The `openAPIV3Schema` of the DisaggregatedSet CRD we ship, built once.
+pub fn set_schema() -> &'static serde_json::Value {
+    static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let crd = crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == "DisaggregatedSet")
+            .expect("we ship a DisaggregatedSet CRD");
+        schema_of(&crd)
+    })
+}
+
 /// The `openAPIV3Schema` of a CRD's first version, as JSON.
 pub fn schema_of(crd: &CustomResourceDefinition) -> serde_json::Value {
     let version = crd.spec.versions.first().expect("a CRD has a version");

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The spec of a LeaderWorkerSet. Also the `spec` of every DisaggregatedSet role.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "leaderworkerset.x-k8s.io",
     version = "v1",
@@ -41,7 +41,7 @@ pub struct LeaderWorkerSetSpec {
 }
 
 /// Leader and worker pod templates of one group.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaderWorkerTemplate {
     /// The pod template for leader pods. When absent, the leader uses the worker template.
@@ -175,6 +175,34 @@ pub struct LeaderWorkerSetStatus {
     pub hpa_pod_selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+// Defaults equal to the schema's, so a spec built by `Default` (a role that
+// omits `spec`) looks like one the API server defaulted.
+impl Default for LeaderWorkerSetSpec {
+    fn default() -> Self {
+        LeaderWorkerSetSpec {
+            replicas: one(),
+            leader_worker_template: LeaderWorkerTemplate::default(),
+            rollout_strategy: None,
+            startup_policy: StartupPolicy::default(),
+            network_config: None,
+        }
+    }
+}
+
+impl Default for LeaderWorkerTemplate {
+    fn default() -> Self {
+        LeaderWorkerTemplate {
+            leader_template: None,
+            worker_template: PodTemplate::default(),
+            size: one(),
+            restart_policy: RestartPolicy::default(),
+            sub_group_policy: None,
+            volume_claim_templates: None,
+            persistent_volume_claim_retention_policy: None,
+        }
+    }
 }
 
 fn one() -> i32 {

@@ -11,7 +11,6 @@ pub mod validate;
 
 /// Label and annotation keys shared by the operator, routers and tools (upstream-compatible).
 pub mod keys {
-    pub const DOMAIN: &str = "disaggregatedset.x-k8s.io";
     /// The set a child belongs to.
     pub const NAME: &str = "disaggregatedset.x-k8s.io/name";
     /// The role a child serves.

@@ -273,14 +273,6 @@ impl Runtime {
             .cloned()
     }
 
-    /// Drops compiled components no longer wanted (hot swap replaces, this frees).
-    pub fn retain(&self, keep: impl Fn(&LoadedPlugin) -> bool) {
-        self.compiled
-            .lock()
-            .expect("plugin cache lock")
-            .retain(|_, p| keep(p));
-    }
-
     fn check_version(&self, name: &str, component: &Component) -> Result<(), PluginError> {
         let ty = component.component_type();
         let exports: Vec<String> = ty
