@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod faults;
+pub mod fields;
 pub mod selector;
 pub mod server;
 pub mod store;

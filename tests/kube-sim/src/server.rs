@@ -8,6 +8,7 @@
 //! and defaulted by their schema, with their scale subresource. Server-side
 //! apply, OpenAPI, aggregated discovery and fault injection are not built yet.
 
+use crate::fields;
 use crate::selector::Selector;
 use crate::store::{EventType, Filter, ResourceId, ResourceInfo, Store, StoreError, WatchEvent};
 use axum::Router;
@@ -474,7 +475,8 @@ async fn serve(
             t.name.as_deref(),
         )
     {
-        return serve_scale(store, method, &t.resource, &ns, name, &scale, headers, body);
+        let manager = field_manager(query, headers);
+        return serve_scale(store, method, &t, name, &scale, &manager, headers, body);
     }
     let status_only = match t.subresource.as_deref() {
         None => false,
@@ -485,6 +487,20 @@ async fn serve(
                 t.resource.plural
             )));
         }
+    };
+    let time = crate::store::now();
+    let api_version_text = api_version(&t.resource);
+    let writer = fields::Writer {
+        manager: &field_manager(query, headers),
+        api_version: &api_version_text,
+        time: &time,
+        scope: if status_only {
+            fields::Scope::Status
+        } else {
+            fields::Scope::Main {
+                status_subresource: info.status_subresource,
+            }
+        },
     };
     let parse_body = || -> Result<Value, StoreError> {
         serde_json::from_slice(body).map_err(|e| bad_request(format!("the body is not JSON: {e}")))
@@ -524,13 +540,19 @@ async fn serve(
         (Method::POST, None) => {
             let mut object = parse_body()?;
             admit(&custom, &info.kind, &mut object, strict)?;
+            fields::record_update(None, &mut object, &writer);
             let created = with_type(store.create(&t.resource, &ns, object)?);
             Ok((json_response(StatusCode::CREATED, &created), Some(created)))
         }
         (Method::PUT, Some(name)) => {
             let mut object = parse_body()?;
             admit(&custom, &info.kind, &mut object, strict)?;
-            let updated = with_type(store.update(&t.resource, &ns, name, object, status_only)?);
+            let updated = guaranteed_update(store, &t, name, status_only, false, |current| {
+                let mut next = object.clone();
+                fields::record_update(current, &mut next, &writer);
+                Ok(next)
+            })?;
+            let updated = with_type(updated);
             Ok((json_response(StatusCode::OK, &updated), Some(updated)))
         }
         (Method::PATCH, Some(name)) => {
@@ -538,27 +560,41 @@ async fn serve(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            let patch = parse_body()?;
-            // Like the API server's guaranteed update: apply the patch to the
-            // current object and write it conditionally on that version, again
-            // if another write got in between. A patch that names a
-            // resourceVersion itself is a precondition, and its conflict is the client's.
-            let names_version = patch["metadata"].get("resourceVersion").is_some();
-            let mut attempts = 0;
-            loop {
-                let current = store.get(&t.resource, &ns, name)?;
-                let mut doc = current;
-                apply_patch(&mut doc, content_type, patch.clone())?;
-                admit(&custom, &info.kind, &mut doc, strict)?;
-                match store.update(&t.resource, &ns, name, doc, status_only) {
-                    Ok(updated) => {
-                        let updated = with_type(updated);
-                        return Ok((json_response(StatusCode::OK, &updated), Some(updated)));
-                    }
-                    Err(e) if e.code == 409 && !names_version && attempts < 10 => attempts += 1,
-                    Err(e) => return Err(e),
+            let updated = if content_type.starts_with("application/apply-patch") {
+                let applied = parse_applied(body, &t, &info, name)?;
+                if query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+                    return Err(StoreError {
+                        code: 422,
+                        reason: "Invalid",
+                        message: "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
+                    });
                 }
-            }
+                let force = query.get("force").is_some_and(|f| f == "true");
+                guaranteed_update(store, &t, name, status_only, !status_only, |current| {
+                    let mut next =
+                        fields::apply(current, &applied, &writer, force).map_err(|c| {
+                            StoreError {
+                                code: 409,
+                                reason: "Conflict",
+                                message: fields::conflict_message(&c),
+                            }
+                        })?;
+                    admit(&custom, &info.kind, &mut next, strict)?;
+                    Ok(next)
+                })?
+            } else {
+                let patch = parse_body()?;
+                guaranteed_update(store, &t, name, status_only, false, |current| {
+                    let current = current.expect("patches need an existing object");
+                    let mut next = current.clone();
+                    apply_patch(&mut next, content_type, patch.clone())?;
+                    admit(&custom, &info.kind, &mut next, strict)?;
+                    fields::record_update(Some(current), &mut next, &writer);
+                    Ok(next)
+                })?
+            };
+            let updated = with_type(updated);
+            Ok((json_response(StatusCode::OK, &updated), Some(updated)))
         }
         (Method::DELETE, Some(name)) => {
             let options = serde_json::from_slice::<Value>(body).unwrap_or_default();
@@ -590,6 +626,113 @@ async fn serve(
             message: format!("{m} is not allowed here"),
         }),
     }
+}
+
+/// Who a write is recorded against: `?fieldManager=`, else the client's
+/// name from its User-Agent (`kubectl/v1.32 …` → `kubectl`), as the API server does.
+fn field_manager(query: &HashMap<String, String>, headers: &HeaderMap) -> String {
+    if let Some(m) = query.get("fieldManager").filter(|m| !m.is_empty()) {
+        return m.clone();
+    }
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Reads a server-side apply body (YAML or JSON) and checks it names the
+/// object and type of the URL.
+fn parse_applied(
+    body: &Bytes,
+    t: &Target,
+    info: &ResourceInfo,
+    name: &str,
+) -> Result<Value, StoreError> {
+    let applied: Value = serde_yaml_ng::from_slice(body)
+        .map_err(|e| bad_request(format!("the apply body is not YAML or JSON: {e}")))?;
+    let invalid = |m: String| StoreError {
+        code: 422,
+        reason: "Invalid",
+        message: format!("{} \"{name}\" is invalid: {m}", info.kind),
+    };
+    if !applied.is_object() {
+        return Err(bad_request("the apply body must be an object"));
+    }
+    if applied["apiVersion"].as_str() != Some(api_version(&t.resource).as_str())
+        || applied["kind"].as_str() != Some(info.kind.as_str())
+    {
+        return Err(invalid(format!(
+            "apiVersion and kind: Invalid value: {}/{}: an apply to this URL must be {} {}",
+            applied["apiVersion"].as_str().unwrap_or_default(),
+            applied["kind"].as_str().unwrap_or_default(),
+            api_version(&t.resource),
+            info.kind
+        )));
+    }
+    if applied["metadata"]["name"].as_str() != Some(name) {
+        return Err(invalid(format!(
+            "metadata.name: Invalid value: {}: must match the name on the URL",
+            applied["metadata"]["name"]
+        )));
+    }
+    Ok(applied)
+}
+
+/// The API server's guaranteed update: computes the next object from the
+/// current one (None: absent, only when `create` allows it) and writes it
+/// conditionally on the version it was computed from, again if another write
+/// got in between. A body that names a resourceVersion itself is a
+/// precondition, and its conflict is the client's.
+fn guaranteed_update(
+    store: &Store,
+    t: &Target,
+    name: &str,
+    status_only: bool,
+    create: bool,
+    mut next: impl FnMut(Option<&Value>) -> Result<Value, StoreError>,
+) -> Result<Value, StoreError> {
+    let ns = t.namespace.as_deref().unwrap_or_default();
+    for _ in 0..10 {
+        let current = match store.get(&t.resource, ns, name) {
+            Ok(c) => Some(c),
+            Err(e) if e.code == 404 && create => None,
+            Err(e) => return Err(e),
+        };
+        let mut object = next(current.as_ref())?;
+        let Some(current) = current else {
+            if let Some(meta) = object["metadata"].as_object_mut() {
+                meta.remove("resourceVersion");
+            }
+            match store.create(&t.resource, ns, object) {
+                Err(e) if e.reason == "AlreadyExists" => continue,
+                other => return other,
+            }
+        };
+        let precondition = object["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|rv| {
+                !rv.is_empty() && Some(*rv) != current["metadata"]["resourceVersion"].as_str()
+            })
+            .is_some();
+        if !precondition {
+            object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        }
+        match store.update(&t.resource, ns, name, object, status_only) {
+            Err(e) if e.code == 409 && !precondition => continue,
+            other => return other,
+        }
+    }
+    Err(StoreError {
+        code: 409,
+        reason: "Conflict",
+        message: format!(
+            "Operation cannot be fulfilled on {} \"{name}\": too many concurrent writes; try again",
+            t.resource.plural
+        ),
+    })
 }
 
 /// Applies a PATCH body of the given media type to `doc` (strategic merge is
@@ -630,10 +773,10 @@ fn pointer(json_path: &str) -> String {
 fn serve_scale(
     store: &Store,
     method: &Method,
-    resource: &ResourceId,
-    ns: &str,
+    t: &Target,
     name: &str,
     paths: &Value,
+    manager: &str,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Served, StoreError> {
@@ -661,6 +804,7 @@ fn serve_scale(
                "spec": {"replicas": object.pointer(&spec_path).cloned().unwrap_or(json!(0))},
                "status": status})
     };
+    let (resource, ns) = (&t.resource, t.namespace.as_deref().unwrap_or_default());
     let current = store.get(resource, ns, name)?;
     let wanted = match *method {
         Method::GET => return Ok((json_response(StatusCode::OK, &view(&current)), None)),
@@ -700,6 +844,17 @@ fn serve_scale(
         next["metadata"]["resourceVersion"] = json!(rv);
     }
     set_pointer(&mut next, &spec_path, json!(replicas));
+    let time = crate::store::now();
+    let api_version = api_version(resource);
+    let writer = fields::Writer {
+        manager,
+        api_version: &api_version,
+        time: &time,
+        scope: fields::Scope::Main {
+            status_subresource: true,
+        },
+    };
+    fields::record_update(Some(&current), &mut next, &writer);
     let updated = store.update(resource, ns, name, next, false)?;
     Ok((json_response(StatusCode::OK, &view(&updated)), None))
 }

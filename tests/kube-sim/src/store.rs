@@ -420,6 +420,9 @@ impl Store {
         let mut next = if status_only {
             let mut n = current.clone();
             set_or_remove(&mut n, "status", object.get("status").cloned());
+            // Field ownership of the status write travels with it.
+            let owners = object["metadata"].get("managedFields").cloned();
+            set_or_remove(&mut n["metadata"], "managedFields", owners);
             n
         } else {
             let mut n = object;
@@ -763,7 +766,8 @@ fn without_meta_and_status(object: &Value) -> Value {
     v
 }
 
-fn now() -> String {
+/// The current time as the API server writes timestamps.
+pub fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()

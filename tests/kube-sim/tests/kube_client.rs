@@ -281,3 +281,94 @@ async fn deleting_an_owner_collects_its_dependents_unless_orphaned() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn server_side_apply_tracks_owners_conflicts_and_force() {
+    let (client, _) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let applied = |data: serde_json::Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": data});
+    // Apply creates.
+    let operator = PatchParams::apply("operator");
+    let v1 = api
+        .patch(
+            "ssa",
+            &operator,
+            &Patch::Apply(applied(json!({"a": "1", "b": "2"}))),
+        )
+        .await
+        .unwrap();
+    let owners = v1.metadata.managed_fields.clone().unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].manager.as_deref(), Some("operator"));
+    assert_eq!(owners[0].operation.as_deref(), Some("Apply"));
+    assert_eq!(
+        owners[0].fields_v1.as_ref().unwrap().0,
+        json!({"f:data": {"f:a": {}, "f:b": {}}})
+    );
+
+    // Someone else changes a field by update; the operator's apply of a different value conflicts.
+    api.patch(
+        "ssa",
+        &PatchParams {
+            field_manager: Some("human".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"data": {"a": "human"}})),
+    )
+    .await
+    .unwrap();
+    let err = api
+        .patch(
+            "ssa",
+            &operator,
+            &Patch::Apply(applied(json!({"a": "1", "b": "2"}))),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 409 && s.message.contains("conflict with \"human\": .data.a")),
+        "{err:?}"
+    );
+    // Forced, it takes the field back; dropping b from the apply removes it.
+    let forced = api
+        .patch(
+            "ssa",
+            &operator.clone().force(),
+            &Patch::Apply(applied(json!({"a": "1"}))),
+        )
+        .await
+        .unwrap();
+    let forced_version = forced.metadata.resource_version.clone();
+    assert_eq!(
+        forced.data.unwrap().into_iter().collect::<Vec<_>>(),
+        vec![("a".to_string(), "1".to_string())]
+    );
+    let managers: Vec<_> = forced
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, vec!["operator"], "human owns nothing any more");
+
+    // Applying an unchanged configuration writes nothing.
+    let again = api
+        .patch(
+            "ssa",
+            &operator.clone().force(),
+            &Patch::Apply(applied(json!({"a": "1"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.metadata.resource_version, forced_version);
+    // The apply must name the object of the URL.
+    let err = api
+        .patch("other", &operator, &Patch::Apply(applied(json!({}))))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+}
