@@ -15,6 +15,7 @@
 
 pub mod faults;
 pub mod fields;
+pub mod lws_sim;
 pub mod selector;
 pub mod server;
 pub mod store;

@@ -2,6 +2,7 @@
 //! kubeconfig for kubectl and the operator (work in progress: see lib.rs).
 
 use clap::Parser;
+use kube_sim::lws_sim::{self, LwsSimConfig};
 use kube_sim::server::{Sim, router};
 use kube_sim::store::Store;
 use std::net::SocketAddr;
@@ -21,6 +22,12 @@ struct Args {
     /// Where to write a kubeconfig pointing at this server.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Do not run the LWS simulator (LeaderWorkerSet status then stays as written).
+    #[arg(long)]
+    no_lws_sim: bool,
+    /// How long each simulated LWS group takes to become ready.
+    #[arg(long, default_value_t = 0)]
+    lws_group_delay_ms: u64,
 }
 
 /// A kubeconfig for a plain-HTTP server without authentication.
@@ -62,6 +69,13 @@ async fn main() -> std::process::ExitCode {
     }
     println!("kube-sim serving on http://{addr}");
     let sim = Sim::new(Arc::new(Store::default()));
+    if !args.no_lws_sim {
+        sim.lws.set(LwsSimConfig {
+            group_delay: std::time::Duration::from_millis(args.lws_group_delay_ms),
+            unready_fraction: 0.0,
+        });
+        lws_sim::spawn(sim.store.clone(), sim.lws.clone());
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

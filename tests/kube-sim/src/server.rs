@@ -27,6 +27,8 @@ pub struct Sim {
     pub store: Arc<Store>,
     /// What to do wrong on purpose (tests set it directly or through `/kube-sim/*`).
     pub faults: crate::faults::Faults,
+    /// How the LWS simulator's groups behave (when it runs: [`crate::lws_sim::spawn`]).
+    pub lws: crate::lws_sim::LwsSimControls,
     custom: RwLock<HashMap<ResourceId, Custom>>,
 }
 
@@ -45,6 +47,7 @@ impl Sim {
         Arc::new(Sim {
             store,
             faults: crate::faults::Faults::default(),
+            lws: Default::default(),
             custom: RwLock::new(HashMap::new()),
         })
     }
@@ -294,6 +297,18 @@ async fn handle(
                 Ok(c) => {
                     sim.faults.set(c);
                     json_response(StatusCode::OK, &sim.faults.describe())
+                }
+                Err(e) => error_response(&bad_request(e)),
+            };
+        }
+        "/kube-sim/lws" if method == Method::POST => {
+            let config = serde_json::from_slice::<Value>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| crate::lws_sim::LwsSimConfig::from_json(&v));
+            return match config {
+                Ok(c) => {
+                    sim.lws.set(c);
+                    (StatusCode::OK, "ok").into_response()
                 }
                 Err(e) => error_response(&bad_request(e)),
             };

@@ -25,7 +25,10 @@ fn shared(path: &str) -> PathBuf {
 }
 
 async fn start() -> kube::Client {
-    let sim = Sim::new(Arc::new(Store::default()));
+    start_with(Sim::new(Arc::new(Store::default()))).await
+}
+
+async fn start_with(sim: Arc<Sim>) -> kube::Client {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(sim)).await.unwrap() });
@@ -186,4 +189,107 @@ async fn crds_register_resources_with_defaults_pruning_and_validation() {
             .iter()
             .any(|(r, _)| r.plural == "leaderworkersets")
     );
+}
+
+/// Polls an LWS until `check` accepts its status.
+async fn wait_for(
+    api: &Api<LeaderWorkerSet>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&disagg::api::lws::LeaderWorkerSetStatus) -> bool,
+) -> disagg::api::lws::LeaderWorkerSetStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = api.get(name).await.unwrap().status.unwrap_or_default();
+        if check(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: {what}; status is {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_lws_simulator_makes_status_follow_spec() {
+    let sim = Sim::new(Arc::new(Store::default()));
+    let delay = std::time::Duration::from_millis(300);
+    sim.lws.set(kube_sim::lws_sim::LwsSimConfig {
+        group_delay: delay,
+        unready_fraction: 0.0,
+    });
+    kube_sim::lws_sim::spawn(sim.store.clone(), sim.lws.clone());
+    let client = start_with(sim.clone()).await;
+    install(
+        &client,
+        shared("upstream/leaderworkerset.x-k8s.io_leaderworkersets.yaml"),
+    )
+    .await;
+    install(&client, repo("deploy/crds/disaggregatedset.x-k8s.io.yaml")).await;
+    let set: DisaggregatedSet =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
+            .unwrap();
+    let api: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
+    let lws = disagg::core::render::render_child(&set, &set.spec.roles[0], 0, "abcd1234", 2);
+    let name = lws.metadata.name.clone().unwrap();
+    let started = std::time::Instant::now();
+    api.create(&PostParams::default(), &lws).await.unwrap();
+
+    // Groups exist at once and become ready after the delay.
+    let s = wait_for(&api, &name, "2 groups created", |s| s.replicas == 2).await;
+    assert_eq!(s.ready_replicas, 0, "ready before the group delay");
+    let s = wait_for(&api, &name, "2 groups ready", |s| s.ready_replicas == 2).await;
+    assert!(started.elapsed() >= delay);
+    assert_eq!(s.updated_replicas, 2);
+    assert_eq!(
+        s.hpa_pod_selector.as_deref(),
+        Some(
+            format!(
+                "leaderworkerset.sigs.k8s.io/name={name},leaderworkerset.sigs.k8s.io/worker-index=0"
+            )
+            .as_str()
+        )
+    );
+    let available = |s: &disagg::api::lws::LeaderWorkerSetStatus| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True")
+    };
+    assert!(available(&s));
+
+    // Scaling up through the scale subresource: new groups start unready.
+    api.patch_scale(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    let s = wait_for(&api, &name, "3 groups created", |s| s.replicas == 3).await;
+    assert_eq!(s.ready_replicas, 2);
+    assert!(!available(&s));
+    wait_for(&api, &name, "3 groups ready", |s| s.ready_replicas == 3).await;
+
+    // The annotation holds groups unready; removing it lets them come back.
+    let hold = |v: serde_json::Value| {
+        kube::api::Patch::Merge(
+            json!({"metadata": {"annotations": {kube_sim::lws_sim::UNREADY_ANNOTATION: v}}}),
+        )
+    };
+    let pp = kube::api::PatchParams::default();
+    api.patch(&name, &pp, &hold(json!("1"))).await.unwrap();
+    wait_for(&api, &name, "1 group held", |s| s.ready_replicas == 2).await;
+    api.patch(&name, &pp, &hold(json!("all"))).await.unwrap();
+    wait_for(&api, &name, "all groups held", |s| s.ready_replicas == 0).await;
+    api.patch(&name, &pp, &hold(json!(null))).await.unwrap();
+    wait_for(&api, &name, "released", |s| s.ready_replicas == 3).await;
+
+    // And so does the configured fraction, for every LWS.
+    sim.lws.set(kube_sim::lws_sim::LwsSimConfig {
+        group_delay: delay,
+        unready_fraction: 0.5,
+    });
+    wait_for(&api, &name, "half held", |s| s.ready_replicas == 2).await;
 }
