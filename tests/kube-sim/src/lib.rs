@@ -16,6 +16,8 @@
 pub mod faults;
 pub mod fields;
 pub mod lws_sim;
+pub mod openapi;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod table;

@@ -38,6 +38,8 @@ struct Custom {
     schema: Option<Value>,
     /// `subresources.scale`: specReplicasPath, statusReplicasPath, labelSelectorPath.
     scale: Option<Value>,
+    /// `additionalPrinterColumns`, for Table responses.
+    columns: Option<Value>,
 }
 
 impl Sim {
@@ -103,6 +105,7 @@ impl Sim {
                 Custom {
                     schema: v["schema"].get("openAPIV3Schema").cloned(),
                     scale: v["subresources"].get("scale").cloned(),
+                    columns: v.get("additionalPrinterColumns").cloned(),
                 },
             );
         }
@@ -171,8 +174,9 @@ pub fn register_builtins(store: &Store) {
 }
 
 /// The router for a server. Also starts its garbage collector, which deletes
-/// objects whose owners are all gone after every deletion (Background and
-/// Foreground propagation both end there; Orphan strips the references first).
+/// objects whose owners are all gone after every deletion (Background), and
+/// holds an owner deleted in the Foreground until its dependents are gone;
+/// Orphan strips the references first.
 pub fn router(sim: Arc<Sim>) -> Router {
     spawn_garbage_collector(sim.store.clone());
     Router::new().fallback(handle).with_state(sim)
@@ -183,7 +187,10 @@ fn spawn_garbage_collector(store: Arc<Store>) {
     tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(e) if e.kind == EventType::Deleted => {
+                Ok(e)
+                    if e.kind == EventType::Deleted
+                        || e.object["metadata"].get("deletionTimestamp").is_some() =>
+                {
                     store.collect_garbage();
                 }
                 Ok(_) => {}
@@ -334,12 +341,28 @@ async fn handle(
             );
         }
         "/apis" => return json_response(StatusCode::OK, &group_list(&sim.store)),
+        "/openapi/v3" => {
+            let docs: Vec<(String, String, Value)> = group_versions(&sim.store)
+                .into_iter()
+                .map(|(g, v)| {
+                    let doc = openapi_document(&sim, &g, &v);
+                    (g, v, doc)
+                })
+                .collect();
+            return json_response(StatusCode::OK, &crate::openapi::index(&docs));
+        }
         _ => {}
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
         ["api", v] => return json_response(StatusCode::OK, &resource_list(&sim, "", v)),
         ["apis", g, v] => return json_response(StatusCode::OK, &resource_list(&sim, g, v)),
+        ["openapi", "v3", "api", v] => {
+            return json_response(StatusCode::OK, &openapi_document(&sim, "", v));
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return json_response(StatusCode::OK, &openapi_document(&sim, g, v));
+        }
         _ => {}
     }
     let Some(target) = parse_path(path) else {
@@ -517,6 +540,11 @@ async fn serve(
             }
         },
     };
+    let table = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::table::wanted)
+        .then(|| crate::table::Columns::new(custom.as_ref().and_then(|c| c.columns.as_ref())));
     let parse_body = || -> Result<Value, StoreError> {
         serde_json::from_slice(body).map_err(|e| bad_request(format!("the body is not JSON: {e}")))
     };
@@ -531,7 +559,10 @@ async fn serve(
                 )?,
             };
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
-                return Ok((watch(sim, &t.resource, &info, filter, query).await?, None));
+                return Ok((
+                    watch(sim, &t.resource, &info, filter, query, table).await?,
+                    None,
+                ));
             }
             let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
             let page = store.list(
@@ -544,12 +575,29 @@ async fn serve(
             if let Some(c) = page.continue_token {
                 meta["continue"] = json!(c);
             }
+            if let Some(columns) = &table {
+                let mut body = columns.table(&page.items, &page.resource_version.to_string());
+                body["metadata"] = meta;
+                return Ok((json_response(StatusCode::OK, &body), None));
+            }
             let items: Vec<Value> = page.items.into_iter().map(with_type).collect();
             let list = json!({"kind": format!("{}List", info.kind), "apiVersion": api_version(&t.resource), "metadata": meta, "items": items});
             Ok((json_response(StatusCode::OK, &list), None))
         }
         (Method::GET, Some(name)) => {
             let object = with_type(store.get(&t.resource, &ns, name)?);
+            if let Some(columns) = &table {
+                let rv = object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                return Ok((
+                    json_response(
+                        StatusCode::OK,
+                        &columns.table(std::slice::from_ref(&object), rv),
+                    ),
+                    None,
+                ));
+            }
             Ok((json_response(StatusCode::OK, &object), None))
         }
         (Method::POST, None) => {
@@ -627,8 +675,11 @@ async fn serve(
                     store.orphan_dependents(uid);
                 }
             }
-            let deleted =
-                with_type(store.delete(&t.resource, &ns, name, precondition.as_deref())?);
+            let deleted = with_type(if policy == "Foreground" {
+                store.delete_foreground(&t.resource, &ns, name, precondition.as_deref())?
+            } else {
+                store.delete(&t.resource, &ns, name, precondition.as_deref())?
+            });
             let gone = deleted["metadata"].get("deletionTimestamp").is_none();
             Ok((
                 json_response(StatusCode::OK, &deleted),
@@ -897,6 +948,7 @@ async fn watch(
     info: &ResourceInfo,
     filter: Filter,
     query: &HashMap<String, String>,
+    table: Option<crate::table::Columns>,
 ) -> Result<Response, StoreError> {
     let store = &sim.store;
     let from = query
@@ -918,6 +970,14 @@ async fn watch(
             if let Some(o) = object.as_object_mut() {
                 o.insert("apiVersion".into(), json!(api_version));
                 o.insert("kind".into(), json!(kind));
+            }
+            // `kubectl get -w`: every event carries a one-row Table.
+            if let Some(columns) = &table {
+                let rv = object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                object = columns.table(std::slice::from_ref(&object), &rv);
             }
             Bytes::from(format!("{}\n", json!({"type": type_, "object": object})))
         }
@@ -1003,17 +1063,28 @@ async fn watch(
         .into_response())
 }
 
-fn group_list(store: &Store) -> Value {
-    let mut groups: Vec<(String, String)> = store
+/// Every served (group, version), core ("") included, in order.
+fn group_versions(store: &Store) -> Vec<(String, String)> {
+    let mut gvs: Vec<(String, String)> = store
         .resources()
         .into_iter()
-        .filter(|(id, _)| !id.group.is_empty())
         .map(|(id, _)| (id.group, id.version))
         .collect();
-    groups.sort();
-    groups.dedup();
-    let groups: Vec<Value> = groups
+    gvs.sort();
+    gvs.dedup();
+    gvs
+}
+
+fn openapi_document(sim: &Sim, group: &str, version: &str) -> Value {
+    crate::openapi::document(group, version, &sim.store.resources(), |id| {
+        sim.custom(id).and_then(|c| c.schema)
+    })
+}
+
+fn group_list(store: &Store) -> Value {
+    let groups: Vec<Value> = group_versions(store)
         .into_iter()
+        .filter(|(g, _)| !g.is_empty())
         .map(|(g, v)| {
             let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
             json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})

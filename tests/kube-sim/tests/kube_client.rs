@@ -280,6 +280,43 @@ async fn deleting_an_owner_collects_its_dependents_unless_orphaned() {
             .unwrap_or_default()
             .is_empty()
     );
+
+    // Foreground: the owner stays, marked, while a dependent's finalizer holds
+    // it, and goes when the dependent does.
+    let parent = api
+        .create(&PostParams::default(), &cm("parent3", json!({})))
+        .await
+        .unwrap();
+    let mut held = owned("held", &parent);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    api.create(&PostParams::default(), &held).await.unwrap();
+    api.delete("parent3", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let marked = api.get("parent3").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        marked.metadata.finalizers.unwrap(),
+        vec!["foregroundDeletion"]
+    );
+    assert!(
+        api.get("held")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some(),
+        "the dependent is being deleted"
+    );
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(gone(&api, "held").await && gone(&api, "parent3").await);
 }
 
 #[tokio::test]
