@@ -477,6 +477,32 @@ fn admit(
     Ok(())
 }
 
+/// Refuses fields the schema does not know (a partial object, such as an
+/// applied configuration, is not checked for anything else).
+fn reject_unknown_fields(
+    custom: &Option<Custom>,
+    kind: &str,
+    object: &Value,
+) -> Result<(), StoreError> {
+    let Some(schema) = custom.as_ref().and_then(|c| c.schema.as_ref()) else {
+        return Ok(());
+    };
+    let unknown: Vec<String> = disagg::api::structural::check(schema, object)
+        .into_iter()
+        .filter(|p| p.message == "unknown field")
+        .map(|p| p.to_string())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    Err(StoreError {
+        code: 422,
+        reason: "Invalid",
+        message: format!("{kind} \"{name}\" is invalid: {}", unknown.join(", ")),
+    })
+}
+
 /// A response, and the object as written (for side effects such as CRD registration).
 type Served = (Response, Option<Value>);
 
@@ -631,6 +657,11 @@ async fn serve(
                         reason: "Invalid",
                         message: "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
                     });
+                }
+                // As the real server decodes before merging: unknown fields
+                // are refused before any conflict is looked for.
+                if strict {
+                    reject_unknown_fields(&custom, &info.kind, &applied)?;
                 }
                 let force = query.get("force").is_some_and(|f| f == "true");
                 guaranteed_update(store, &t, name, status_only, !status_only, |current| {

@@ -1,7 +1,7 @@
-//! The `kube-sim` binary, driven by kubectl through the kubeconfig it writes.
-//! (kubectl's client-side validation needs OpenAPI, which is not served yet,
-//! hence `--validate=false`; kubectl sends built-in kinds it creates itself,
-//! e.g. `kubectl create configmap`, as protobuf, which is not decoded yet.)
+//! The `kube-sim` binary, driven by kubectl through the kubeconfig it writes,
+//! with kubectl's default (server-side, strict) validation. (kubectl sends
+//! built-in kinds it builds itself, e.g. `kubectl create configmap`, as
+//! protobuf, which kube-sim does not decode: it answers 415.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -76,13 +76,8 @@ fn kubectl_applies_gets_and_deletes() {
     let manifest = server.kubeconfig.with_file_name("cm.yaml");
     std::fs::write(&manifest, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n  labels: {app: x}\ndata:\n  a: b\n").unwrap();
     let m = manifest.to_str().unwrap();
-    assert!(
-        ok(kubectl(k, &["apply", "--validate=false", "-f", m])).contains("configmap/demo created")
-    );
-    assert!(
-        ok(kubectl(k, &["apply", "--validate=false", "-f", m]))
-            .contains("configmap/demo unchanged")
-    );
+    assert!(ok(kubectl(k, &["apply", "-f", m])).contains("configmap/demo created"));
+    assert!(ok(kubectl(k, &["apply", "-f", m])).contains("configmap/demo unchanged"));
     assert_eq!(
         ok(kubectl(
             k,
@@ -107,16 +102,10 @@ fn kubectl_scales_a_custom_resource_through_its_scale_subresource() {
     let k = server.kubeconfig.as_path();
     let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../deploy/crds/disaggregatedset.x-k8s.io.yaml");
-    ok(kubectl(
-        k,
-        &["apply", "--validate=false", "-f", crds.to_str().unwrap()],
-    ));
+    ok(kubectl(k, &["apply", "-f", crds.to_str().unwrap()]));
     let scaler = server.kubeconfig.with_file_name("scaler.yaml");
     std::fs::write(&scaler, "apiVersion: disaggregatedset.x-k8s.io/v1\nkind: DisaggregatedSetRoleScaler\nmetadata:\n  name: llm-decode\nspec:\n  replicas: 1\n").unwrap();
-    ok(kubectl(
-        k,
-        &["apply", "--validate=false", "-f", scaler.to_str().unwrap()],
-    ));
+    ok(kubectl(k, &["apply", "-f", scaler.to_str().unwrap()]));
     assert!(ok(kubectl(k, &["scale", "dsrs/llm-decode", "--replicas=4"])).contains("scaled"));
     assert_eq!(
         ok(kubectl(
@@ -131,4 +120,245 @@ fn kubectl_scales_a_custom_resource_through_its_scale_subresource() {
         )),
         "4"
     );
+}
+
+fn repo(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn shared(path: &str) -> String {
+    match std::env::var_os("DISAGG_SHARED") {
+        Some(dir) => PathBuf::from(dir).join(path),
+        None => PathBuf::from(repo("../shared")).join(path),
+    }
+    .to_string_lossy()
+    .into_owned()
+}
+
+/// Waits for `kubectl get` to print `wanted` in the column `column` of `name`'s row.
+fn wait_for_cell(k: &Path, args: &[&str], name: &str, column: &str, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let table = ok(kubectl(k, args));
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let at = header
+            .iter()
+            .position(|h| *h == column)
+            .unwrap_or_else(|| panic!("no column {column} in {header:?}"));
+        let cell = lines
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cells| cells.first() == Some(&name))
+            .and_then(|cells| cells.get(at).map(|c| c.to_string()));
+        if cell.as_deref() == Some(wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {column} is {cell:?}, not {wanted}:\n{table}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kubectl_drives_custom_resources_server_side() {
+    let Some(server) = start("ssa") else { return };
+    let k = server.kubeconfig.as_path();
+    let file = |name: &str, text: &str| {
+        let path = server.kubeconfig.with_file_name(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    // CRDs and a set, applied server-side.
+    let lws_crd = shared("upstream/leaderworkerset.x-k8s.io_leaderworkersets.yaml");
+    assert!(
+        ok(kubectl(k, &["apply", "--server-side", "-f", &lws_crd])).contains("serverside-applied")
+    );
+    ok(kubectl(
+        k,
+        &["apply", "--server-side", "-f", &repo("deploy/crds")],
+    ));
+    ok(kubectl(
+        k,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            &repo("examples/vllm-pd.yaml"),
+        ],
+    ));
+    // Re-applying with another field manager and a different value conflicts.
+    let set = std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap();
+    let changed = file(
+        "changed.yaml",
+        &set.replacen("replicas: 2", "replicas: 5", 1),
+    );
+    assert_ne!(set, std::fs::read_to_string(&changed).unwrap());
+    let out = kubectl(
+        k,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "-f",
+            &changed,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("conflict"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(kubectl(
+        k,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            &changed,
+        ],
+    ));
+
+    // Strict validation: an unknown field is refused, naming it.
+    let unknown = file(
+        "unknown.yaml",
+        &set.replacen("spec:\n", "spec:\n  surprise: 1\n", 1),
+    );
+    let out = kubectl(k, &["apply", "--server-side", "-f", &unknown]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("surprise"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Printer columns; status through the status subresource.
+    let uid = ok(kubectl(
+        k,
+        &[
+            "get",
+            "disaggregatedsets",
+            "llama-pd",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    ));
+    ok(kubectl(
+        k,
+        &[
+            "patch",
+            "disaggregatedset",
+            "llama-pd",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"rolesReady":"prefill=1/2","updateRevision":"abc"}}"#,
+        ],
+    ));
+    wait_for_cell(
+        k,
+        &["get", "disaggregatedsets"],
+        "llama-pd",
+        "ROLES",
+        "prefill=1/2",
+    );
+    wait_for_cell(
+        k,
+        &["get", "disaggregatedsets"],
+        "llama-pd",
+        "REVISION",
+        "abc",
+    );
+
+    // An LWS owned by the set: the LWS simulator makes it ready; `get -w` sees it scale.
+    let lws = file(
+        "lws.yaml",
+        &format!(
+            "apiVersion: leaderworkerset.x-k8s.io/v1\nkind: LeaderWorkerSet\nmetadata:\n  name: llama-pd-decode\n  ownerReferences:\n  - apiVersion: disaggregatedset.x-k8s.io/v1\n    kind: DisaggregatedSet\n    name: llama-pd\n    uid: {uid}\n    controller: true\n    blockOwnerDeletion: true\nspec:\n  replicas: 2\n  leaderWorkerTemplate:\n    size: 1\n    workerTemplate:\n      spec:\n        containers:\n        - name: vllm\n          image: vllm/vllm-openai\n"
+        ),
+    );
+    ok(kubectl(k, &["apply", "--server-side", "-f", &lws]));
+    wait_for_cell(
+        k,
+        &["get", "leaderworkersets"],
+        "llama-pd-decode",
+        "READY",
+        "2",
+    );
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(k)
+        .args(["get", "leaderworkersets", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ok(kubectl(
+            k,
+            &["scale", "leaderworkerset/llama-pd-decode", "--replicas=3"]
+        ))
+        .contains("scaled")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(remaining) {
+            Ok(line) => {
+                let cells: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+                seen.push(line);
+                // NAME READY DESIRED UP-TO-DATE AGE
+                if cells.first().map(String::as_str) == Some("llama-pd-decode")
+                    && cells.get(1).map(String::as_str) == Some("3")
+                {
+                    break;
+                }
+            }
+            Err(_) => panic!("kubectl get -w never showed 3 ready groups: {seen:?}"),
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // Deleting the set in the foreground takes its LWS with it, then the set.
+    ok(kubectl(
+        k,
+        &[
+            "delete",
+            "disaggregatedset",
+            "llama-pd",
+            "--cascade=foreground",
+        ],
+    ));
+    let left = ok(kubectl(
+        k,
+        &["get", "leaderworkersets,disaggregatedsets", "-o", "name"],
+    ));
+    assert_eq!(left.trim(), "", "left behind: {left}");
 }
