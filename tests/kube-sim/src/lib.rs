@@ -1,16 +1,12 @@
 //! `kube-sim`: an in-memory Kubernetes API server for the operator's tests and
 //! for `disagg dev` (DESIGN §7, issue #4).
 //!
-//! **Work in progress.** Built so far: the object store ([`store`]) with
-//! resourceVersions, uid, creationTimestamp, generation, optimistic concurrency,
-//! finalizers, label/field selectors, pagination, and a watch log with
-//! compaction and 410 Expired; label-selector parsing ([`selector`]); and the
-//! HTTP server ([`server`]) for the built-in kinds and for resources that
-//! CRDs define (schema validation, pruning and defaults).
-//! Fault injection lives in [`faults`].
-//! Not built yet: server-side apply, CEL rules,
-//! OpenAPI and aggregated discovery,
-//! foreground deletion and the LWS simulator.
+//! The object store ([`store`]) keeps resourceVersions, uid, generation,
+//! finalizers and the watch log; [`server`] serves it over the Kubernetes REST
+//! paths (CRDs, subresources, watch, patches, [`fields`]: server-side apply,
+//! [`openapi`], [`table`]: kubectl's printing); [`faults`] breaks it on
+//! purpose; [`lws_sim`] plays the LWS controller. Known differences from a real
+//! API server are listed in `tests/README.md`.
 #![forbid(unsafe_code)]
 
 pub mod faults;

@@ -1,5 +1,5 @@
 //! `kube-sim`: serves the in-memory API server on loopback and writes a
-//! kubeconfig for kubectl and the operator (work in progress: see lib.rs).
+//! kubeconfig for kubectl and the operator, with the LWS simulator running.
 
 use clap::Parser;
 use kube_sim::lws_sim::{self, LwsSimConfig};

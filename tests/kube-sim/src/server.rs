@@ -1,12 +1,13 @@
-//! The HTTP front of the store: the Kubernetes REST paths and JSON (work in
-//! progress). Served so far: `/version`, `/healthz` (`/livez`, `/readyz`),
-//! legacy discovery (`/api`, `/api/v1`, `/apis`, `/apis/{g}/{v}`), and for every
-//! registered resource get, list (label/field selectors, limit/continue),
-//! watch (from a resourceVersion, bookmarks, timeout, 410 as an ERROR event),
-//! create, update, the status subresource, JSON merge patch, RFC 6902 patch
-//! and delete; CRDs register resources whose objects are validated, pruned
-//! and defaulted by their schema, with their scale subresource. Server-side
-//! apply, OpenAPI, aggregated discovery and fault injection are not built yet.
+//! The HTTP front of the store: the Kubernetes REST paths and JSON.
+//! `/version`, `/healthz` (`/livez`, `/readyz`), legacy discovery (`/api`,
+//! `/api/v1`, `/apis`, `/apis/{g}/{v}`), `/openapi/v3`, and for every
+//! registered resource get, list (label/field selectors, limit/continue,
+//! Tables), watch (from a resourceVersion, bookmarks, timeout, 410 as an ERROR
+//! event), create, update, the status subresource, JSON merge patch, RFC 6902
+//! patch, server-side apply, and delete (Background, Foreground, Orphan). CRDs
+//! register resources whose objects are validated, pruned and defaulted by
+//! their schema, with their scale subresource and printer columns. The admin
+//! endpoints under `/kube-sim/` inject faults and steer the LWS simulator.
 
 use crate::fields;
 use crate::selector::Selector;
@@ -35,7 +36,8 @@ pub struct Sim {
 /// What a CRD version adds to a resource.
 #[derive(Clone)]
 struct Custom {
-    schema: Option<Value>,
+    /// Shared: a request clones the Custom, not the (large) schema.
+    schema: Option<Arc<Value>>,
     /// `subresources.scale`: specReplicasPath, statusReplicasPath, labelSelectorPath.
     scale: Option<Value>,
     /// `additionalPrinterColumns`, for Table responses.
@@ -103,7 +105,7 @@ impl Sim {
             custom.insert(
                 id,
                 Custom {
-                    schema: v["schema"].get("openAPIV3Schema").cloned(),
+                    schema: v["schema"].get("openAPIV3Schema").cloned().map(Arc::new),
                     scale: v["subresources"].get("scale").cloned(),
                     columns: v.get("additionalPrinterColumns").cloned(),
                 },
@@ -1108,7 +1110,7 @@ fn group_versions(store: &Store) -> Vec<(String, String)> {
 
 fn openapi_document(sim: &Sim, group: &str, version: &str) -> Value {
     crate::openapi::document(group, version, &sim.store.resources(), |id| {
-        sim.custom(id).and_then(|c| c.schema)
+        sim.custom(id).and_then(|c| c.schema.map(|s| (*s).clone()))
     })
 }
 

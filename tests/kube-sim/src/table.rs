@@ -133,10 +133,9 @@ mod tests {
         assert_eq!(age("2026-01-10T10:00:00Z", now), "120m");
         assert_eq!(age("2026-01-08T12:00:00Z", now), "2d0h");
         assert_eq!(age("2025-12-01T12:00:00Z", now), "40d");
-        assert_eq!(
-            wanted("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
-            true
-        );
+        assert!(wanted(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wanted("application/json"));
     }
 }
