@@ -49,11 +49,33 @@ enum Command {
         #[arg(long = "plugin", value_name = "NAME=FILE")]
         plugins: Vec<String>,
     },
+    /// Run the operator against a cluster (in-cluster config, or --kubeconfig / $KUBECONFIG).
+    Run(RunArgs),
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A kubeconfig to use instead of the in-cluster configuration or $KUBECONFIG.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The operator's namespace, where plugin ConfigMaps are read.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lws-system")]
+    namespace: String,
+    /// Load plugins from NAME.wasm[.gz] files in this directory (a mounted ConfigMap volume)
+    /// instead of watching ConfigMaps.
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    probe_addr: std::net::SocketAddr,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +87,79 @@ enum PluginCommand {
     },
 }
 
+/// `disagg run`: logs to stderr, runs until SIGTERM or Ctrl-C.
+fn run(args: RunArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let config = match &args.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| format!("no cluster configuration found: {e}"))?,
+        };
+        let client =
+            kube::Client::try_from(config).map_err(|e| format!("cannot build a client: {e}"))?;
+        let options = disagg::controller::Options {
+            namespace: args.namespace,
+            plugin_dir: args.plugin_dir,
+            probe_addr: args.probe_addr,
+        };
+        disagg::controller::run(client, options, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing reconciles in flight");
+}
+
 /// Exit code for bad input (like clap's usage errors).
 const BAD_INPUT: u8 = 2;
 /// Exit code when a plugin under failure policy Fail kept some children from rendering.
@@ -73,6 +168,7 @@ const PLUGIN_FAILED: u8 = 1;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => return run(args),
         Command::Crds => Ok(crds_yaml()),
         Command::Plan { file } => plan(&file),
         Command::Render {

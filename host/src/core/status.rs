@@ -232,7 +232,7 @@ fn rollout_status(o: &Observation<'_>, d: &Decision) -> RolloutStatus {
 }
 
 /// A condition whose `lastTransitionTime` only moves when its status flips.
-fn condition(
+pub fn condition(
     previous: &[Condition],
     type_: &str,
     status: bool,

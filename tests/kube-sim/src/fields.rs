@@ -113,19 +113,24 @@ fn lookup<'a>(object: &'a Value, path: &[String]) -> Option<&'a Value> {
     path.iter().try_fold(object, |at, k| at.get(k))
 }
 
+/// Removes the field at `path`, and the maps it leaves empty (as the real
+/// server does: `rollout: {}` must not stay behind once its fields are released).
 fn remove(object: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else {
+    let Some((first, rest)) = path.split_first() else {
         return;
     };
-    let mut at = object;
-    for k in parents {
-        match at.get_mut(k) {
-            Some(next) => at = next,
-            None => return,
-        }
+    let Some(map) = object.as_object_mut() else {
+        return;
+    };
+    if rest.is_empty() {
+        map.remove(first);
+        return;
     }
-    if let Some(map) = at.as_object_mut() {
-        map.remove(last);
+    if let Some(child) = map.get_mut(first) {
+        remove(child, rest);
+        if child.as_object().is_some_and(|m| m.is_empty()) {
+            map.remove(first);
+        }
     }
 }
 
@@ -554,6 +559,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v2["metadata"]["labels"], json!({"a": "1"}));
+        let v3 = apply(
+            Some(&v2),
+            &json!({"metadata": {"name": "x"}}),
+            &writer("op"),
+            false,
+        )
+        .unwrap();
+        assert!(
+            v3["metadata"].get("labels").is_none(),
+            "emptied maps go too: {v3}"
+        );
         assert_eq!(
             v2["spec"],
             json!({"q": 2}),

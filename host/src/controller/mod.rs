@@ -1,0 +1,247 @@
+//! `disagg run`: the operator (DESIGN §3–§6). A kube-rs `Controller` on
+//! DisaggregatedSets that owns their LeaderWorkerSets and RoleScalers, built
+//! on the pure core ([`crate::core`]) and the plugin runtime ([`crate::plugin`]).
+//!
+//! * [`reconcile`]: observe → decide (core + plugins) → act (server-side apply
+//!   for new children, merge patches for replicas) → report (status, Events).
+//! * [`plugins`]: plugins from ConfigMaps or `--plugin-dir`, swapped in when they change.
+//! * [`metrics`]: Prometheus metrics; `/healthz`, `/readyz` and `/metrics` are served together.
+//!
+//! Not built yet (issue #5): leader election (run one replica), plugin call
+//! metrics by hook, and binding default plugins to every set.
+
+pub mod metrics;
+pub mod plugins;
+pub mod reconcile;
+
+use crate::api::keys;
+use crate::api::lws::LeaderWorkerSet;
+use crate::api::scaler::DisaggregatedSetRoleScaler;
+use crate::api::set::DisaggregatedSet;
+use crate::plugin::{Limits, Runtime};
+use futures::StreamExt;
+use kube::api::{Api, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "disaggregatedset-operator";
+
+/// Why a reconcile failed; it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn kind(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(e)) => format!("api_{}", e.code),
+            Error::Kube(_) => "api_transport".into(),
+            Error::Internal(_) => "internal".into(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub plugins: Arc<plugins::Registry>,
+    pub recorder: Recorder,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl Context {
+    /// Merge patches carry the operator's field manager.
+    pub fn patch_params(&self) -> PatchParams {
+        PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Server-side apply as the operator, taking over fields others changed.
+    pub fn apply_params(&self) -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    pub fn client_sets(&self, set: &DisaggregatedSet) -> Api<DisaggregatedSet> {
+        Api::namespaced(self.client.clone(), &set.namespace().unwrap_or_default())
+    }
+
+    /// Records an Event on the set; a failure to record is logged, never fatal.
+    pub async fn event(
+        &self,
+        set: &DisaggregatedSet,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        tracing::info!(set = %set.name_any(), namespace = ?set.namespace(), reason, "{note}");
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(plugins::truncate(&note)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &set.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot record an Event");
+        }
+    }
+}
+
+/// How the operator runs.
+pub struct Options {
+    /// The operator's namespace: plugin ConfigMaps are read from here only.
+    pub namespace: String,
+    /// Load plugins from this directory instead of ConfigMaps.
+    pub plugin_dir: Option<PathBuf>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub probe_addr: SocketAddr,
+}
+
+/// Runs the operator until `shutdown` completes; in-flight reconciles finish first.
+pub async fn run(
+    client: Client,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), String> {
+    let runtime = Runtime::new(Limits::default())?;
+    let (registry, wake) = plugins::Registry::new(runtime);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(options.probe_addr)
+        .await
+        .map_err(|e| format!("--probe-addr {}: {e}", options.probe_addr))?;
+    tokio::spawn(serve_probes(listener, metrics.clone(), ready.clone()));
+
+    // Plugins first: reconciling before they are loaded would compute revisions without them.
+    match &options.plugin_dir {
+        Some(dir) => {
+            let mut follower = plugins::DirectoryFollower::new(registry.clone(), dir.clone());
+            follower.scan().await;
+            tokio::spawn(follower.follow(Duration::from_secs(2)));
+        }
+        None => {
+            plugins::follow_configmaps(
+                registry.clone(),
+                client.clone(),
+                &options.namespace,
+                recorder.clone(),
+            )
+            .await
+        }
+    }
+    tracing::info!(plugins = ?registry.names(), "plugins loaded");
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        plugins: registry,
+        recorder,
+        metrics,
+    });
+    let wake = futures::stream::unfold(
+        wake,
+        |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
+    );
+    ready.store(true, Ordering::SeqCst);
+    Controller::new(
+        Api::<DisaggregatedSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<LeaderWorkerSet>::all(client.clone()),
+        watcher::Config::default().labels(keys::NAME),
+    )
+    .owns(
+        Api::<DisaggregatedSetRoleScaler>::all(client.clone()),
+        watcher::Config::default().labels(keys::NAME),
+    )
+    .reconcile_all_on(wake)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile::reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "reconcile");
+        }
+    })
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Conflicts are someone else's write landing first: retry at once. Anything
+/// else backs off.
+fn error_policy(set: Arc<DisaggregatedSet>, error: &Error, _ctx: Arc<Context>) -> Action {
+    match error {
+        Error::Kube(kube::Error::Api(e)) if e.code == 409 => {
+            Action::requeue(Duration::from_millis(50))
+        }
+        _ => {
+            tracing::warn!(set = %set.name_any(), namespace = ?set.namespace(), error = %error, "reconcile failed; retrying");
+            Action::requeue(Duration::from_secs(2))
+        }
+    }
+}
+
+async fn serve_probes(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<metrics::Metrics>,
+    ready: Arc<AtomicBool>,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::SeqCst);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "loading plugins")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.encode();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the probe server stopped");
+    }
+}

@@ -1,0 +1,657 @@
+//! One reconcile of one DisaggregatedSet: observe (children, scalers), decide
+//! (the pure core plus plugins, off the async threads), act (API writes), and
+//! report (status, Events). Every write is idempotent and derived from what is
+//! observed, so a reconcile interrupted anywhere is finished by the next one.
+
+use super::{Context, Error};
+use crate::api::keys;
+use crate::api::lws::LeaderWorkerSet;
+use crate::api::scaler::{DisaggregatedSetRoleScaler, DisaggregatedSetRoleScalerSpec};
+use crate::api::set::{DisaggregatedSet, DisaggregatedSetStatus, PluginStatus};
+use crate::api::validate::Violation;
+use crate::core::execute::{Action, Child, Decision, SliceState, Target, decide, target_for};
+use crate::core::render::{owner_reference, render_child};
+use crate::core::revision::revision;
+use crate::core::status::{self, Hold, Observation, conditions};
+use crate::plugin::bindings::{self, Failure};
+use crate::plugin::{GateInput, RoleStep};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PostParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a set mid-rollout is looked at again without any change (for
+/// `progressDeadlineSeconds`); changes to its children wake it sooner.
+const ROLLING_RECHECK: Duration = Duration::from_secs(15);
+/// A periodic resync of a settled set (reads only).
+const STEADY_RECHECK: Duration = Duration::from_secs(300);
+
+/// What the decide phase concluded.
+struct Plan {
+    violations: Vec<Violation>,
+    failures: Vec<Failure>,
+    plugins: Vec<PluginStatus>,
+    target: Target,
+    decision: Option<Decision>,
+    hold: Option<(Hold, Duration)>,
+    /// Rendered children for the Create actions, by name; `Err` when a Fail
+    /// plugin refused to patch one.
+    rendered: BTreeMap<String, LeaderWorkerSet>,
+    /// Roles whose changes a Fail-policy failure stops.
+    blocked_roles: Vec<String>,
+    blocked_all: bool,
+}
+
+pub async fn reconcile(set: Arc<DisaggregatedSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&set, &ctx).await;
+    ctx.metrics
+        .reconciled(started.elapsed(), result.as_ref().err());
+    result
+}
+
+async fn reconcile_inner(
+    set: &Arc<DisaggregatedSet>,
+    ctx: &Arc<Context>,
+) -> Result<Requeue, Error> {
+    if set.metadata.deletion_timestamp.is_some() {
+        // Garbage collection takes the children with the set.
+        return Ok(Requeue::await_change());
+    }
+    let ns = set.namespace().unwrap_or_default();
+    let name = set.name_any();
+    let uid = set.uid().unwrap_or_default();
+    let lws_api: Api<LeaderWorkerSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let scaler_api: Api<DisaggregatedSetRoleScaler> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // Observe.
+    let selector = format!("{}={name}", keys::NAME);
+    let lws_list = lws_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let children: Vec<Child> = lws_list
+        .items
+        .iter()
+        .filter_map(|l| Child::from_lws(l, &uid))
+        .collect();
+    let scalers = ensure_scalers(set, ctx, &scaler_api, &children).await?;
+
+    // Decide (plugins run here: blocking work off the async threads).
+    let plan = {
+        let (set, ctx, children) = (set.clone(), ctx.clone(), children.clone());
+        tokio::task::spawn_blocking(move || plan(&set, &ctx, &children, &scalers))
+            .await
+            .map_err(|e| Error::Internal(format!("the decide task failed: {e}")))?
+    };
+
+    // Act.
+    let mut acted = 0;
+    if let Some(decision) = &plan.decision {
+        let role_of: BTreeMap<&str, &str> = children
+            .iter()
+            .map(|c| (c.name.as_str(), c.role.as_str()))
+            .collect();
+        let held_slices: Vec<i32> = match &plan.hold {
+            Some(_) => decision
+                .slices
+                .iter()
+                .filter(|s| s.state == SliceState::Stepping)
+                .map(|s| s.slice)
+                .collect(),
+            None => Vec::new(),
+        };
+        let actions = decision.removed_slices.iter().chain(
+            decision
+                .slices
+                .iter()
+                .filter(|s| !held_slices.contains(&s.slice))
+                .flat_map(|s| &s.actions),
+        );
+        for action in actions {
+            let role = match action {
+                Action::Create { role, .. } => Some(role.as_str()),
+                Action::Scale { name, .. }
+                | Action::SetInitialReplicas { name, .. }
+                | Action::Delete { name } => role_of.get(name.as_str()).copied(),
+            };
+            if plan.blocked_all || role.is_some_and(|r| plan.blocked_roles.iter().any(|b| b == r)) {
+                continue;
+            }
+            execute(set, ctx, &lws_api, &plan, action).await?;
+            acted += 1;
+        }
+    }
+
+    // Report.
+    report(set, ctx, &plan, &children, acted).await?;
+    let rolling = plan
+        .decision
+        .as_ref()
+        .is_some_and(|d| d.slices.iter().any(|s| s.rolling()));
+    Ok(match (&plan.hold, rolling) {
+        (Some((_, recheck)), _) => Requeue::requeue((*recheck).max(Duration::from_millis(200))),
+        (None, true) => Requeue::requeue(ROLLING_RECHECK),
+        (None, false) => Requeue::requeue(STEADY_RECHECK),
+    })
+}
+
+/// Creates the scaler of every External role that lacks one (seeded with the
+/// role's replicas), deletes this set's scalers of roles that are no longer
+/// External, keeps their status current, and returns their replicas by role.
+async fn ensure_scalers(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    api: &Api<DisaggregatedSetRoleScaler>,
+    children: &[Child],
+) -> Result<BTreeMap<String, i32>, Error> {
+    let name = set.name_any();
+    let uid = set.uid().unwrap_or_default();
+    let mut replicas = BTreeMap::new();
+    let selector = format!("{}={name}", keys::NAME);
+    let existing = api.list(&ListParams::default().labels(&selector)).await?;
+    for role in set.spec.roles.iter().filter(|r| r.is_external()) {
+        let scaler_name = format!("{name}-{}", role.name);
+        let current = existing
+            .items
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(&scaler_name));
+        let scaler = match current {
+            Some(s) => s.clone(),
+            None => {
+                let mut s = DisaggregatedSetRoleScaler::new(
+                    &scaler_name,
+                    DisaggregatedSetRoleScalerSpec {
+                        replicas: role.spec.replicas,
+                    },
+                );
+                s.metadata.owner_references = Some(vec![owner_reference(set)]);
+                s.metadata.labels = Some(BTreeMap::from([
+                    (keys::NAME.to_string(), name.clone()),
+                    (keys::ROLE.to_string(), role.name.clone()),
+                ]));
+                match api.create(&PostParams::default(), &s).await {
+                    Ok(created) => {
+                        ctx.event(set, EventType::Normal, "CreatedScaler", "Scale",
+                                  format!("created DisaggregatedSetRoleScaler {scaler_name} for External role {} at {} replicas", role.name, role.spec.replicas)).await;
+                        created
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => api.get(&scaler_name).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let controlled = scaler
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == uid);
+        let wanted = if controlled {
+            scaler.spec.replicas
+        } else {
+            role.spec.replicas
+        };
+        replicas.insert(role.name.clone(), wanted);
+        if controlled {
+            let observed: i32 = children
+                .iter()
+                .filter(|c| c.owned && c.role == role.name)
+                .map(|c| c.status_replicas)
+                .sum();
+            let selector = format!(
+                "{}={name},{}={},leaderworkerset.sigs.k8s.io/worker-index=0",
+                keys::NAME,
+                keys::ROLE,
+                role.name
+            );
+            let status = scaler.status.clone().unwrap_or_default();
+            if status.replicas != Some(observed) || status.selector.as_deref() != Some(&selector) {
+                let body = json!({"status": {"replicas": observed, "selector": selector,
+                                             "observedGeneration": scaler.metadata.generation}});
+                api.patch_status(&scaler_name, &ctx.patch_params(), &Patch::Merge(body))
+                    .await?;
+            }
+        }
+    }
+    for stale in existing.items.iter().filter(|s| {
+        let role = s.labels().get(keys::ROLE).cloned().unwrap_or_default();
+        let controlled = s
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == uid);
+        controlled
+            && !set
+                .spec
+                .roles
+                .iter()
+                .any(|r| r.is_external() && r.name == role)
+    }) {
+        let stale_name = stale.name_any();
+        match api.delete(&stale_name, &DeleteParams::background()).await {
+            Ok(_) => {
+                ctx.event(set, EventType::Normal, "DeletedScaler", "Scale",
+                          format!("deleted DisaggregatedSetRoleScaler {stale_name}: its role is no longer External")).await
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(replicas)
+}
+
+/// The decide phase: validation, plugins, the planner, gates and rendering.
+fn plan(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    children: &[Child],
+    scalers: &BTreeMap<String, i32>,
+) -> Plan {
+    let rt = ctx.plugins.runtime();
+    let (bound, mut failures) = bindings::resolve(set, |n| ctx.plugins.get(n));
+    let mut violations = crate::api::validate::validate(set);
+    if violations.is_empty() {
+        let (v, f) = bindings::validate(rt, set, &bound);
+        violations.extend(v);
+        failures.extend(f);
+    }
+    let template = bindings::template_plugins(&bound);
+    let rev = revision(&set.spec, &template);
+    let mut target = target_for(set, &rev, |r| {
+        scalers.get(&r.name).copied().unwrap_or(r.spec.replicas)
+    });
+    let plugins = set
+        .spec
+        .plugins
+        .iter()
+        .map(|b| PluginStatus {
+            name: b.name.clone(),
+            digest: ctx.plugins.get(&b.name).map(|p| p.digest.clone()),
+            last_error: ctx.plugins.error(&b.name).or_else(|| {
+                failures
+                    .iter()
+                    .find(|f| f.plugin == b.name)
+                    .map(|f| f.message.clone())
+            }),
+        })
+        .collect();
+    if !violations.is_empty() {
+        return Plan {
+            violations,
+            failures,
+            plugins,
+            target,
+            decision: None,
+            hold: None,
+            rendered: BTreeMap::new(),
+            blocked_roles: Vec::new(),
+            blocked_all: true,
+        };
+    }
+
+    // Scaling hooks adjust the targets.
+    let mut desired: BTreeMap<String, i32> = target
+        .roles
+        .iter()
+        .map(|r| (r.name.clone(), r.replicas))
+        .collect();
+    let observed: BTreeMap<String, (i32, i32)> = target
+        .roles
+        .iter()
+        .map(|r| {
+            let of = children.iter().filter(|c| c.owned && c.role == r.name);
+            (
+                r.name.clone(),
+                (
+                    of.clone().map(|c| c.status_replicas).sum(),
+                    of.map(|c| c.ready_replicas).sum(),
+                ),
+            )
+        })
+        .collect();
+    failures.extend(bindings::scale(rt, set, &bound, &mut desired, &observed));
+    for r in &mut target.roles {
+        if let Some(d) = desired.get(&r.name) {
+            r.replicas = *d;
+        }
+    }
+
+    let decision = decide(&target, children);
+
+    // Gates, before every rollout step.
+    let mut hold = None;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    for slice in decision
+        .slices
+        .iter()
+        .filter(|s| s.state == SliceState::Stepping)
+    {
+        let since = set
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout.as_ref())
+            .and_then(|r| r.last_progress_time.as_ref())
+            .map(|t| t.0);
+        let input = GateInput {
+            set_name: set.name_any(),
+            namespace: set.namespace().unwrap_or_default(),
+            labels: set.labels().clone().into_iter().collect(),
+            annotations: set.annotations().clone().into_iter().collect(),
+            revision: rev.clone(),
+            slice: slice.slice.max(0) as u32,
+            step: (slice.position.0 + 1).max(0) as u32,
+            total_steps: slice.position.1.max(0) as u32,
+            roles: slice
+                .roles
+                .iter()
+                .map(|p| RoleStep {
+                    name: p.name.clone(),
+                    old_now: p.old,
+                    old_next: p.next_old,
+                    new_now: p.new,
+                    new_next: p.next_new,
+                    target: p.target,
+                    ready: children
+                        .iter()
+                        .filter(|c| {
+                            c.owned
+                                && c.slice == slice.slice
+                                && c.role == p.name
+                                && c.revision == rev
+                        })
+                        .all(Child::is_ready),
+                })
+                .collect(),
+            held_for_ms: since
+                .map(|t| (now.as_millisecond() - t.as_millisecond()).max(0) as u64)
+                .unwrap_or(0),
+            now_ms: now.as_millisecond().max(0) as u64,
+            config: String::new(),
+        };
+        let (held, gate_failures) = bindings::gate(rt, &bound, &input);
+        failures.extend(gate_failures);
+        if let Some((gate, reason, recheck_ms)) = held {
+            hold = Some((Hold { gate, reason }, Duration::from_millis(recheck_ms)));
+            break;
+        }
+    }
+
+    // Fail-policy failures stop the roles they concern (or the whole set).
+    let blocked_all = failures.iter().any(|f| f.blocks() && f.role.is_none());
+    let mut blocked_roles: Vec<String> = failures
+        .iter()
+        .filter(|f| f.blocks())
+        .filter_map(|f| f.role.clone())
+        .collect();
+
+    // Render what is to be created, through the patch hooks.
+    let set_json = serde_json::to_string(set).expect("a set serialises");
+    let mut rendered = BTreeMap::new();
+    for action in decision.actions() {
+        let Action::Create {
+            slice,
+            role,
+            replicas,
+        } = action
+        else {
+            continue;
+        };
+        let Some(spec) = set.spec.roles.iter().find(|r| &r.name == role) else {
+            continue;
+        };
+        let child = render_child(set, spec, *slice, &rev, *replicas);
+        let name = child.metadata.name.clone().unwrap_or_default();
+        let (result, skipped) = bindings::patch(rt, &set_json, &bound, role, *slice, &rev, child);
+        failures.extend(skipped);
+        match result {
+            Ok(lws) => {
+                rendered.insert(name, lws);
+            }
+            Err(f) => {
+                blocked_roles.push(role.clone());
+                failures.push(f);
+            }
+        }
+    }
+    Plan {
+        violations,
+        failures,
+        plugins,
+        target,
+        decision: Some(decision),
+        hold,
+        rendered,
+        blocked_roles,
+        blocked_all,
+    }
+}
+
+/// One API write, and its Event.
+async fn execute(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    api: &Api<LeaderWorkerSet>,
+    plan: &Plan,
+    action: &Action,
+) -> Result<(), Error> {
+    let pp = ctx.patch_params();
+    match action {
+        Action::Create {
+            slice,
+            role,
+            replicas,
+        } => {
+            let name = crate::core::render::child_name(
+                &set.name_any(),
+                *slice,
+                &plan.target.revision,
+                role,
+            );
+            let Some(lws) = plan.rendered.get(&name) else {
+                return Ok(());
+            };
+            api.patch(&name, &ctx.apply_params(), &Patch::Apply(lws))
+                .await?;
+            ctx.metrics.step("create");
+            ctx.event(set, EventType::Normal, "CreatedChild", "Rollout",
+                      format!("created LeaderWorkerSet {name} (role {role}, slice {slice}, revision {}) at {replicas} replicas", plan.target.revision)).await;
+        }
+        Action::Scale { name, replicas } => {
+            let patch = json!({"spec": {"replicas": replicas}});
+            match api.patch(name, &pp, &Patch::Merge(patch)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            ctx.metrics.step("scale");
+            ctx.event(
+                set,
+                EventType::Normal,
+                "ScaledChild",
+                "Rollout",
+                format!("scaled LeaderWorkerSet {name} to {replicas} replicas"),
+            )
+            .await;
+        }
+        Action::SetInitialReplicas { name, value } => {
+            let patch = json!({"metadata": {"annotations": {keys::INITIAL_REPLICAS: value.map(|v| v.to_string())}}});
+            match api.patch(name, &pp, &Patch::Merge(patch)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Action::Delete { name } => {
+            match api.delete(name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            ctx.metrics.step("delete");
+            ctx.event(
+                set,
+                EventType::Normal,
+                "DeletedChild",
+                "Rollout",
+                format!("deleted LeaderWorkerSet {name}"),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// Writes status when it changed, with Events for new holds and plugin failures.
+async fn report(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    plan: &Plan,
+    children: &[Child],
+    acted: usize,
+) -> Result<(), Error> {
+    let previous = set.status.as_ref();
+    let hold = plan.hold.as_ref().map(|(h, _)| h);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut status = status::compute(&Observation {
+        generation: set.metadata.generation,
+        target: &plan.target,
+        children,
+        decision: plan.decision.as_ref(),
+        violations: &plan.violations,
+        hold,
+        progress_deadline_seconds: set.spec.progress_deadline_seconds,
+        previous,
+        now: now.clone(),
+    });
+    status.plugins = plan.plugins.clone();
+    let failing: Vec<String> = plan
+        .failures
+        .iter()
+        .map(|f| match &f.role {
+            Some(r) => format!("{} (role {r}, {:?}): {}", f.plugin, f.policy, f.message),
+            None => format!("{} ({:?}): {}", f.plugin, f.policy, f.message),
+        })
+        .collect();
+    let plugins_ready = status::condition(
+        previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]),
+        conditions::PLUGINS_READY,
+        failing.is_empty(),
+        if failing.is_empty() {
+            "PluginsLoaded"
+        } else {
+            "PluginFailed"
+        },
+        if failing.is_empty() {
+            "every bound plugin is loaded and answering".into()
+        } else {
+            failing.join("; ")
+        },
+        set.metadata.generation,
+        &now,
+    );
+    status.conditions.push(plugins_ready);
+
+    // Events for what changed since the last status.
+    let was_held = previous
+        .and_then(|p| p.rollout.as_ref())
+        .and_then(|r| r.held_by.clone());
+    if let Some(h) = hold
+        && was_held.as_deref() != Some(h.gate.as_str())
+    {
+        ctx.event(
+            set,
+            EventType::Normal,
+            "RolloutHeld",
+            "Rollout",
+            format!(
+                "rollout to {} held by {}: {}",
+                plan.target.revision, h.gate, h.reason
+            ),
+        )
+        .await;
+    }
+    let previous_errors: Vec<&PluginStatus> = previous
+        .map(|p| p.plugins.iter().collect())
+        .unwrap_or_default();
+    for f in &plan.failures {
+        let known = previous_errors
+            .iter()
+            .any(|p| p.name == f.plugin && p.last_error.as_deref() == Some(f.message.as_str()));
+        if !known {
+            ctx.metrics.plugin_failure(&f.plugin, f.reason);
+            ctx.event(
+                set,
+                EventType::Warning,
+                "PluginFailed",
+                "Plugin",
+                format!(
+                    "plugin {} ({:?}){}: {}",
+                    f.plugin,
+                    f.policy,
+                    f.role
+                        .as_ref()
+                        .map(|r| format!(" on role {r}"))
+                        .unwrap_or_default(),
+                    f.message
+                ),
+            )
+            .await;
+        }
+    }
+    if !plan.violations.is_empty() && previous.is_none_or(|p| !has_false(p, conditions::VALID)) {
+        let list: Vec<String> = plan.violations.iter().map(ToString::to_string).collect();
+        ctx.event(
+            set,
+            EventType::Warning,
+            "Invalid",
+            "Validate",
+            list.join("; "),
+        )
+        .await;
+    }
+
+    if !same_status(previous, &status) || acted > 0 && previous.is_none() {
+        let body = json!({
+            "apiVersion": DisaggregatedSet::api_version(&()),
+            "kind": DisaggregatedSet::kind(&()),
+            "metadata": {"name": set.name_any(), "namespace": set.namespace()},
+            "status": status,
+        });
+        match ctx
+            .client_sets(set)
+            .patch_status(&set.name_any(), &ctx.apply_params(), &Patch::Apply(body))
+            .await
+        {
+            Ok(_) => {}
+            // Deleted meanwhile: nothing left to report on.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn has_false(status: &DisaggregatedSetStatus, type_: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "False")
+}
+
+/// Status equality, ignoring the order of conditions.
+fn same_status(previous: Option<&DisaggregatedSetStatus>, next: &DisaggregatedSetStatus) -> bool {
+    let Some(previous) = previous else {
+        return false;
+    };
+    let mut a = previous.clone();
+    let mut b = next.clone();
+    a.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+    b.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+    a == b
+}

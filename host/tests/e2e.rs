@@ -1,0 +1,338 @@
+//! End to end: the `disagg` binary, unmodified, runs as its own process
+//! against the in-memory cluster (kube-sim, with its LWS simulator), and is
+//! observed through the API only.
+
+mod common;
+
+use common::{repo, shared};
+use disagg::api::keys;
+use disagg::api::lws::LeaderWorkerSet;
+use disagg::api::set::DisaggregatedSet;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    client: kube::Client,
+    kubeconfig: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Operator(Child);
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// kube-sim in this process, with the CRDs installed and a kubeconfig written.
+async fn cluster(test: &str) -> Cluster {
+    use kube_sim::server::{Sim, router};
+    let sim = Sim::new(Arc::new(kube_sim::store::Store::default()));
+    kube_sim::lws_sim::spawn(sim.store.clone(), sim.lws.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(sim)).await.unwrap() });
+    let dir = std::env::temp_dir().join(format!("disagg-e2e-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: http://{addr}\nusers:\n- name: sim\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\ncurrent-context: sim\n")).unwrap();
+    let client =
+        kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
+            .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in [
+        repo("deploy/crds/disaggregatedset.x-k8s.io.yaml"),
+        shared("upstream/leaderworkerset.x-k8s.io_leaderworkersets.yaml"),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).unwrap();
+            crds.create(&PostParams::default(), &crd).await.unwrap();
+        }
+    }
+    Cluster {
+        client,
+        kubeconfig,
+        _dir: TempDir(dir),
+    }
+}
+
+fn start_operator(cluster: &Cluster) -> Operator {
+    let child = Command::new(env!("CARGO_BIN_EXE_disagg"))
+        .args([
+            "run",
+            "--namespace",
+            "lws-system",
+            "--probe-addr",
+            "127.0.0.1:0",
+            "--kubeconfig",
+        ])
+        .arg(&cluster.kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("DISAGG_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    Operator(child)
+}
+
+/// Per role: (replicas of the old revisions, replicas of `revision`), from `spec.replicas`.
+type State = BTreeMap<String, (i32, i32)>;
+
+fn state_of(children: &[LeaderWorkerSet], revision: &str) -> State {
+    let mut state = State::new();
+    for c in children {
+        let labels = c.metadata.labels.clone().unwrap_or_default();
+        let entry = state.entry(labels[keys::ROLE].clone()).or_default();
+        if labels[keys::REVISION] == revision {
+            entry.1 += c.spec.replicas;
+        } else {
+            entry.0 += c.spec.replicas;
+        }
+    }
+    state
+}
+
+async fn children(api: &Api<LeaderWorkerSet>, set: &str) -> Vec<LeaderWorkerSet> {
+    api.list(&ListParams::default().labels(&format!("{}={set}", keys::NAME)))
+        .await
+        .unwrap()
+        .items
+}
+
+fn condition(set: &DisaggregatedSet, type_: &str) -> Option<String> {
+    set.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+/// Polls until `done` accepts the set and its children, checking `each` on every observation.
+async fn watch_until(
+    sets: &Api<DisaggregatedSet>,
+    lws: &Api<LeaderWorkerSet>,
+    name: &str,
+    what: &str,
+    mut each: impl FnMut(&[LeaderWorkerSet]),
+    done: impl Fn(&DisaggregatedSet, &[LeaderWorkerSet]) -> bool,
+) -> (DisaggregatedSet, Vec<LeaderWorkerSet>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let set = sets.get(name).await.unwrap();
+        let kids = children(lws, name).await;
+        each(&kids);
+        if done(&set, &kids) {
+            return (set, kids);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached; status {:?}, children {:?}",
+            set.status,
+            kids.iter()
+                .map(|k| (k.metadata.name.clone(), k.spec.replicas))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The planner's states for a rollout from `before` to `after`, with instant
+/// readiness: every (old, new) per role from the start to done. Each satisfies
+/// the surge bound and the no-orphan rule (the planner's property tests).
+fn planned(before: &DisaggregatedSet, after: &DisaggregatedSet) -> Vec<State> {
+    use disagg::core::{execute::target_for, revision::revision, simulate};
+    let old = target_for(before, &revision(&before.spec, &[]), |r| r.spec.replicas);
+    let new = target_for(after, &revision(&after.spec, &[]), |r| r.spec.replicas);
+    let mut children = simulate::steady_children(&old, 0);
+    let start: State = old
+        .roles
+        .iter()
+        .map(|r| (r.name.clone(), (r.replicas, 0)))
+        .collect();
+    let mut states = vec![start];
+    for snapshot in simulate::rollout(&new, &mut children, 200) {
+        states.push(
+            snapshot
+                .roles
+                .iter()
+                .map(|r| (r.name.clone(), (r.old, r.new)))
+                .collect(),
+        );
+    }
+    states.dedup();
+    states
+}
+
+/// Whether an observed state is a planned one, or lies between two
+/// consecutive planned ones (a step's writes land one object at a time).
+fn on_schedule(schedule: &[State], state: &State) -> bool {
+    let within = |a: i32, b: i32, x: i32| a.min(b) <= x && x <= a.max(b);
+    schedule.windows(2).any(|w| {
+        w[0].keys().chain(state.keys()).all(|role| {
+            let (a, b, x) = (
+                w[0].get(role).copied().unwrap_or_default(),
+                w[1].get(role).copied().unwrap_or_default(),
+                state.get(role).copied().unwrap_or_default(),
+            );
+            within(a.0, b.0, x.0) && within(a.1, b.1, x.1)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_scale_roll_out_and_delete() {
+    let cluster = cluster("basic").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let set: DisaggregatedSet =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
+            .unwrap();
+    let name = set.metadata.name.clone().unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+
+    // A fresh create: one LWS per role at its replicas, then Available.
+    let (created, kids) = watch_until(
+        &sets,
+        &lws,
+        &name,
+        "Available after create",
+        |_| {},
+        |s, _| condition(s, "Available").as_deref() == Some("True"),
+    )
+    .await;
+    let first_revision = created
+        .status
+        .as_ref()
+        .unwrap()
+        .update_revision
+        .clone()
+        .unwrap();
+    assert_eq!(
+        state_of(&kids, &first_revision),
+        State::from([("decode".into(), (0, 4)), ("prefill".into(), (0, 2))])
+    );
+    assert!(kids.iter().all(|k| {
+        k.metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|o| o[0].uid == created.metadata.uid.clone().unwrap())
+    }));
+
+    // Scaling changes replicas in place: no new revision.
+    sets.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(
+                json!([{"op": "replace", "path": "/spec/roles/1/spec/replicas", "value": 6}]),
+            )
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let (_, kids) = watch_until(
+        &sets,
+        &lws,
+        &name,
+        "decode scaled to 6",
+        |_| {},
+        |s, k| {
+            condition(s, "Available").as_deref() == Some("True")
+                && state_of(k, &first_revision).get("decode") == Some(&(0, 6))
+        },
+    )
+    .await;
+    assert_eq!(kids.len(), 2);
+
+    // A template change on one role rolls both out together, along the planner's
+    // schedule (DESIGN §5) and within the surge bound (maxSurge 1, maxUnavailable 0).
+    let before = sets.get(&name).await.unwrap();
+    sets.patch(&name, &PatchParams::default(), &Patch::Json::<()>(
+        serde_json::from_value(json!([{"op": "replace",
+            "path": "/spec/roles/0/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/image",
+            "value": "vllm/vllm-openai:v0.12.0"}])).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let targets = BTreeMap::from([("prefill".to_string(), 2), ("decode".to_string(), 6)]);
+    let after = sets.get(&name).await.unwrap();
+    let schedule = planned(&before, &after);
+    let mut observed: Vec<State> = Vec::new();
+    let mut new_revision = String::new();
+    let (done, kids) = watch_until(
+        &sets,
+        &lws,
+        &name,
+        "rollout complete",
+        |kids| {
+            let Some(rev) = kids
+                .iter()
+                .map(|k| k.metadata.labels.clone().unwrap_or_default()[keys::REVISION].clone())
+                .find(|r| *r != first_revision)
+            else {
+                return;
+            };
+            new_revision = rev;
+            let state = state_of(kids, &new_revision);
+            for (role, (old, new)) in &state {
+                assert!(
+                    old + new <= targets[role] + 1,
+                    "surge bound broken for {role}: {state:?}"
+                );
+            }
+            assert!(
+                on_schedule(&schedule, &state),
+                "{state:?} is not on the planner's schedule (or between two of its steps): {schedule:?}"
+            );
+            if observed.last() != Some(&state) {
+                observed.push(state);
+            }
+        },
+        |s, k| {
+            condition(s, "Available").as_deref() == Some("True")
+                && s.status.as_ref().and_then(|st| st.update_revision.as_deref()) != Some(&first_revision)
+                && k.len() == 2
+        },
+    )
+    .await;
+    let final_revision = done.status.unwrap().update_revision.unwrap();
+    assert_eq!(
+        state_of(&kids, &final_revision),
+        State::from([("decode".into(), (0, 6)), ("prefill".into(), (0, 2))])
+    );
+    assert!(
+        observed.len() >= 3,
+        "the rollout went through intermediate states: {observed:?}"
+    );
+    assert_eq!(observed.last().unwrap()["decode"], (0, 6));
+
+    // Deleting the set takes its children.
+    sets.delete(&name, &DeleteParams::background())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !children(&lws, &name).await.is_empty() {
+        assert!(Instant::now() < deadline, "children outlived their set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
