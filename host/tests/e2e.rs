@@ -336,3 +336,281 @@ async fn create_scale_roll_out_and_delete() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Installs a plugin as the operator finds it: a labelled ConfigMap in its namespace.
+async fn install_plugin(client: &kube::Client, name: &str, component: &str) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let bytes = std::fs::read(common::component(component)).unwrap();
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "lws-system", "labels": {keys::PLUGIN: "true"}},
+        "binaryData": {"plugin.wasm": k8s_openapi::ByteString(bytes)},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), "lws-system")
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+}
+
+fn example(name: &str, plugins: serde_json::Value) -> DisaggregatedSet {
+    let mut set: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
+            .unwrap();
+    set["metadata"]["name"] = json!(name);
+    set["spec"]["plugins"] = plugins;
+    serde_json::from_value(set).unwrap()
+}
+
+async fn set_image(sets: &Api<DisaggregatedSet>, name: &str, image: &str) {
+    sets.patch(name, &PatchParams::default(), &Patch::Json::<()>(
+        serde_json::from_value(json!([{"op": "replace",
+            "path": "/spec/roles/0/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/image",
+            "value": image}])).unwrap(),
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_holds_each_step_until_approved() {
+    let cluster = cluster("gate").await;
+    install_plugin(&cluster.client, "rollout-gate", "rollout-gate").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let set = example(
+        "gated",
+        json!([{"name": "rollout-gate", "config": {"requireApproval": true, "recheckSeconds": 1}}]),
+    );
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let (created, _) = watch_until(
+        &sets,
+        &lws,
+        "gated",
+        "Available",
+        |_| {},
+        |s, _| condition(s, "Available").as_deref() == Some("True"),
+    )
+    .await;
+    let first = created.status.unwrap().update_revision.unwrap();
+
+    set_image(&sets, "gated", "vllm/vllm-openai:v0.12.0").await;
+    let (held, kids) = watch_until(
+        &sets,
+        &lws,
+        "gated",
+        "held at step 1",
+        |_| {},
+        |s, _| condition(s, "RolloutHeld").as_deref() == Some("True"),
+    )
+    .await;
+    let status = held.status.unwrap();
+    let rollout = status.rollout.clone().unwrap();
+    assert_eq!(rollout.held_by.as_deref(), Some("rollout-gate"));
+    assert!(rollout.hold_reason.unwrap().contains("approve-step"));
+    let revision = status.update_revision.unwrap();
+    assert_ne!(revision, first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kids_now = children(&lws, "gated").await;
+    assert_eq!(
+        state_of(&kids_now, &revision),
+        state_of(&kids, &revision),
+        "nothing moves while held"
+    );
+    assert!(
+        state_of(&kids_now, &revision)
+            .values()
+            .all(|(_, new)| *new == 0)
+    );
+
+    // Approving step 1 lets exactly that step through; the gate then holds step 2.
+    sets.patch(
+        "gated",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {keys::APPROVE_STEP: "1"}}})),
+    )
+    .await
+    .unwrap();
+    let (_, kids) = watch_until(
+        &sets,
+        &lws,
+        "gated",
+        "step 1 taken, step 2 held",
+        |_| {},
+        |s, k| {
+            let moved = state_of(k, &revision).values().any(|(_, new)| *new > 0);
+            moved
+                && s.status
+                    .as_ref()
+                    .and_then(|st| st.rollout.as_ref())
+                    .and_then(|r| r.hold_reason.as_deref())
+                    .is_some_and(|r| r.contains("step 2"))
+        },
+    )
+    .await;
+    assert_eq!(
+        state_of(&kids, &revision)
+            .values()
+            .map(|(_, n)| n)
+            .sum::<i32>(),
+        2,
+        "step 1 adds one group per role"
+    );
+
+    // Unbinding the gate (it patches no template, so the revision stays) lets the rollout finish.
+    sets.patch(
+        "gated",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"plugins": null}})),
+    )
+    .await
+    .unwrap();
+    watch_until(
+        &sets,
+        &lws,
+        "gated",
+        "rollout complete",
+        |_| {},
+        |s, k| {
+            condition(s, "Available").as_deref() == Some("True")
+                && condition(s, "RolloutHeld").as_deref() == Some("False")
+                && state_of(k, &revision)
+                    == State::from([("decode".into(), (0, 4)), ("prefill".into(), (0, 2))])
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_plugin_blocks_under_fail_and_is_skipped_under_ignore() {
+    let cluster = cluster("failure").await;
+    install_plugin(&cluster.client, "hostile", "hostile").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let trap = |policy: &str| json!([{"name": "hostile", "config": {"mode": "trap"}, "failurePolicy": policy, "roles": ["prefill"]}]);
+    sets.create(&PostParams::default(), &example("strict", trap("Fail")))
+        .await
+        .unwrap();
+    sets.create(&PostParams::default(), &example("lenient", trap("Ignore")))
+        .await
+        .unwrap();
+
+    // Fail: the role the plugin patches gets no child; the other role carries on.
+    let (strict, kids) = watch_until(
+        &sets,
+        &lws,
+        "strict",
+        "PluginsReady=False",
+        |_| {},
+        |s, k| condition(s, "PluginsReady").as_deref() == Some("False") && !k.is_empty(),
+    )
+    .await;
+    let roles: Vec<String> = kids
+        .iter()
+        .map(|k| k.metadata.labels.clone().unwrap()[keys::ROLE].clone())
+        .collect();
+    assert_eq!(roles, vec!["decode"]);
+    let message = strict
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "PluginsReady")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("hostile") && message.contains("prefill"),
+        "{message}"
+    );
+
+    // Ignore: the plugin is skipped and the set comes up whole; the failure is a Warning Event.
+    let (_, kids) = watch_until(
+        &sets,
+        &lws,
+        "lenient",
+        "Available despite the plugin",
+        |_| {},
+        |s, _| condition(s, "Available").as_deref() == Some("True"),
+    )
+    .await;
+    assert_eq!(kids.len(), 2);
+
+    // Both failures are Warning Events on their sets.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.client.clone(), "default");
+    let warned: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("PluginFailed"))
+        .filter_map(|e| e.regarding.and_then(|r| r.name))
+        .collect();
+    assert!(
+        warned.contains(&"strict".to_string()) && warned.contains(&"lenient".to_string()),
+        "{warned:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_child_is_left_alone_and_reported() {
+    let cluster = cluster("foreign").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    // Someone else's LWS already has the name the set's prefill child would get.
+    let set = example("taken", json!([]));
+    // The revision is hashed from the spec as the API server stores it, defaults applied.
+    let mut defaulted = disagg::input::load_set(&repo("examples/vllm-pd.yaml")).unwrap();
+    defaulted.metadata.name = Some("taken".into());
+    let revision = disagg::core::revision::revision(&defaulted.spec, &[]);
+    let mut squatter =
+        disagg::core::render::render_child(&set, &set.spec.roles[0], 0, &revision, 7);
+    squatter.metadata.owner_references = None;
+    let squatter = lws.create(&PostParams::default(), &squatter).await.unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let (taken, _) = watch_until(
+        &sets,
+        &lws,
+        "taken",
+        "Degraded",
+        |_| {},
+        |s, _| condition(s, "Degraded").as_deref() == Some("True"),
+    )
+    .await;
+    let degraded = taken
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.reason, "ChildNameTaken");
+    assert!(
+        degraded
+            .message
+            .contains(squatter.metadata.name.as_deref().unwrap())
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = lws
+        .get(squatter.metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(after.spec.replicas, 7);
+    assert_eq!(after.metadata.owner_references, None);
+    let writers: Vec<String> = after
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        !writers
+            .iter()
+            .any(|m| m == disagg::controller::FIELD_MANAGER),
+        "the operator wrote to it: {writers:?}"
+    );
+}
