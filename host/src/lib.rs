@@ -11,5 +11,6 @@
 pub mod api;
 pub mod controller;
 pub mod core;
+pub mod dev;
 pub mod input;
 pub mod plugin;

@@ -49,6 +49,9 @@ enum Command {
         #[arg(long = "plugin", value_name = "NAME=FILE")]
         plugins: Vec<String>,
     },
+    /// Start an in-memory cluster with the LWS simulator and the operator, apply
+    /// manifests, and show a live table of every set until Ctrl-C.
+    Dev(DevArgs),
     /// Run the operator against a cluster (in-cluster config, or --kubeconfig / $KUBECONFIG).
     Run(RunArgs),
     /// Work with plugin components.
@@ -78,6 +81,28 @@ struct RunArgs {
     log_json: bool,
 }
 
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Where to write a kubeconfig for kubectl.
+    #[arg(long, default_value = "disagg-dev.kubeconfig")]
+    kubeconfig: PathBuf,
+    /// A manifest to apply (server-side) once everything runs. Repeatable.
+    #[arg(long = "apply", value_name = "FILE")]
+    apply: Vec<PathBuf>,
+    /// The API server's address (loopback only); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Plugins for the operator: NAME.wasm[.gz] files in this directory.
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// The upstream LeaderWorkerSet CRD (default: one generated from the operator's LWS type, without a schema).
+    #[arg(long)]
+    lws_crd: Option<PathBuf>,
+    /// How long each simulated LWS group takes to become ready, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    group_delay_ms: u64,
+}
+
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Load and check a component; print {name, version, world, hooks, sizeBytes, compileMillis} as JSON.
@@ -89,16 +114,7 @@ enum PluginCommand {
 
 /// `disagg run`: logs to stderr, runs until SIGTERM or Ctrl-C.
 fn run(args: RunArgs) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    init_logs(args.log_json, "info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -137,6 +153,46 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// `disagg dev`.
+fn dev(args: DevArgs) -> ExitCode {
+    init_logs(false, "warn");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let options = disagg::dev::DevOptions {
+        kubeconfig: args.kubeconfig,
+        apply: args.apply,
+        listen: args.listen,
+        plugin_dir: args.plugin_dir,
+        lws_crd: args.lws_crd,
+        group_delay: std::time::Duration::from_millis(args.group_delay_ms),
+    };
+    match runtime.block_on(disagg::dev::run(options, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logs(json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
 /// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -169,6 +225,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => return run(args),
+        Command::Dev(args) => return dev(args),
         Command::Crds => Ok(crds_yaml()),
         Command::Plan { file } => plan(&file),
         Command::Render {

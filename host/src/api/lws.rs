@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
     kind = "LeaderWorkerSet",
     namespaced,
     status = "LeaderWorkerSetStatus",
+    shortname = "lws",
     derive = "PartialEq",
     schema = "disabled"
 )]

@@ -6,7 +6,8 @@ pub mod fragments;
 pub mod lws;
 pub mod scaler;
 pub mod set;
-pub mod structural;
+/// Structural-schema checks, pruning and defaulting: the API server's, from kube-sim.
+pub use kube_sim::structural;
 pub mod validate;
 
 /// Label and annotation keys shared by the operator, routers and tools (upstream-compatible).

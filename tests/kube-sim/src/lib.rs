@@ -16,4 +16,12 @@ pub mod openapi;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod structural;
 pub mod table;
+
+/// A kubeconfig for a plain-HTTP server on `addr` without authentication.
+pub fn kubeconfig(addr: std::net::SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-sim\n  cluster:\n    server: http://{addr}\nusers:\n- name: kube-sim\n  user: {{}}\ncontexts:\n- name: kube-sim\n  context:\n    cluster: kube-sim\n    user: kube-sim\n    namespace: default\ncurrent-context: kube-sim\n"
+    )
+}

@@ -30,13 +30,6 @@ struct Args {
     lws_group_delay_ms: u64,
 }
 
-/// A kubeconfig for a plain-HTTP server without authentication.
-pub fn kubeconfig(addr: SocketAddr) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-sim\n  cluster:\n    server: http://{addr}\nusers:\n- name: kube-sim\n  user: {{}}\ncontexts:\n- name: kube-sim\n  context:\n    cluster: kube-sim\n    user: kube-sim\n    namespace: default\ncurrent-context: kube-sim\n"
-    )
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -60,8 +53,8 @@ async fn main() -> std::process::ExitCode {
     if let Some(path) = &args.kubeconfig {
         // Write to a temporary file and rename, so a reader never sees half a file.
         let tmp = path.with_extension("tmp");
-        if let Err(e) =
-            std::fs::write(&tmp, kubeconfig(addr)).and_then(|()| std::fs::rename(&tmp, path))
+        if let Err(e) = std::fs::write(&tmp, kube_sim::kubeconfig(addr))
+            .and_then(|()| std::fs::rename(&tmp, path))
         {
             eprintln!("error: --kubeconfig {}: {e}", path.display());
             return std::process::ExitCode::from(2);

@@ -1,0 +1,254 @@
+//! `disagg dev`: the newcomer's first command. In one process: the in-memory
+//! API server (kube-sim) with its LWS simulator, the CRDs, the `lws-system`
+//! namespace, and the operator; then the given manifests, applied
+//! server-side, and a live table of every set until Ctrl-C.
+
+use crate::api::keys;
+use crate::api::lws::LeaderWorkerSet;
+use crate::api::set::DisaggregatedSet;
+use crate::controller;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{CustomResourceExt, ResourceExt};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct DevOptions {
+    /// Where to write the kubeconfig for kubectl.
+    pub kubeconfig: PathBuf,
+    /// Manifests to apply once everything runs.
+    pub apply: Vec<PathBuf>,
+    /// The API server's address (loopback).
+    pub listen: SocketAddr,
+    /// Plugins for the operator, as `NAME.wasm[.gz]` files.
+    pub plugin_dir: Option<PathBuf>,
+    /// The upstream LeaderWorkerSet CRD; without it, one generated from the
+    /// operator's own LWS type (no schema: objects are stored as given).
+    pub lws_crd: Option<PathBuf>,
+    /// How long each simulated LWS group takes to become ready.
+    pub group_delay: Duration,
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run(
+    options: DevOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), String> {
+    if !options.listen.ip().is_loopback() {
+        return Err(format!(
+            "--listen {}: the dev cluster has no authentication and serves on loopback only",
+            options.listen
+        ));
+    }
+    let sim = kube_sim::server::Sim::new(Arc::new(kube_sim::store::Store::default()));
+    sim.lws.set(kube_sim::lws_sim::LwsSimConfig {
+        group_delay: options.group_delay,
+        unready_fraction: 0.0,
+    });
+    kube_sim::lws_sim::spawn(sim.store.clone(), sim.lws.clone());
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| format!("--listen {}: {e}", options.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, kube_sim::server::router(sim)).await {
+            eprintln!("error: the dev API server stopped: {e}");
+        }
+    });
+    std::fs::write(&options.kubeconfig, kube_sim::kubeconfig(addr))
+        .map_err(|e| format!("--kubeconfig {}: {e}", options.kubeconfig.display()))?;
+    let client = kube::Client::try_from(kube::Config::new(
+        format!("http://{addr}").parse().expect("a valid URL"),
+    ))
+    .map_err(|e| e.to_string())?;
+
+    install(&client, options.lws_crd.as_ref()).await?;
+    let operator = controller::Options {
+        namespace: "lws-system".into(),
+        plugin_dir: options.plugin_dir.clone(),
+        probe_addr: "127.0.0.1:0".parse().expect("a valid address"),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(controller::run(client.clone(), operator, async {
+        let _ = stop_rx.await;
+    }));
+    println!(
+        "disagg dev: API server on http://{addr}; kubectl --kubeconfig {}",
+        options.kubeconfig.display()
+    );
+    for file in &options.apply {
+        apply_file(&client, file).await?;
+    }
+    tokio::select! {
+        _ = shutdown => {}
+        _ = show(&client) => {}
+    }
+    let _ = stop_tx.send(());
+    controller
+        .await
+        .map_err(|e| format!("the operator task failed: {e}"))?
+}
+
+/// CRDs and the operator's namespace.
+async fn install(client: &kube::Client, lws_crd: Option<&PathBuf>) -> Result<(), String> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut all = crate::api::crd::crds();
+    match lws_crd {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--lws-crd {}: {e}", path.display()))?;
+            all.push(
+                serde_yaml_ng::from_str(&text)
+                    .map_err(|e| format!("--lws-crd {}: {e}", path.display()))?,
+            );
+        }
+        None => all.push(LeaderWorkerSet::crd()),
+    }
+    let pp = PatchParams::apply("disagg-dev").force();
+    for crd in all {
+        crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
+            .await
+            .map_err(|e| format!("installing CRD {}: {e}", crd.name_any()))?;
+    }
+    let ns: Namespace = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "lws-system"}}),
+    )
+    .expect("a valid Namespace");
+    Api::<Namespace>::all(client.clone())
+        .patch("lws-system", &pp, &Patch::Apply(&ns))
+        .await
+        .map_err(|e| format!("creating namespace lws-system: {e}"))?;
+    Ok(())
+}
+
+/// Applies every document of a YAML file server-side, as `kubectl apply --server-side` would.
+async fn apply_file(client: &kube::Client, file: &PathBuf) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("--apply {}: {e}", file.display()))?;
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let object: DynamicObject = serde::Deserialize::deserialize(doc)
+            .map_err(|e| format!("--apply {}: {e}", file.display()))?;
+        let types = object.types.clone().ok_or_else(|| {
+            format!(
+                "--apply {}: a document lacks apiVersion/kind",
+                file.display()
+            )
+        })?;
+        let gvk = kube::api::GroupVersionKind::try_from(&types)
+            .map_err(|e| format!("--apply {}: {e}", file.display()))?;
+        let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .map_err(|e| {
+                format!(
+                    "--apply {}: {} is not served: {e}",
+                    file.display(),
+                    types.kind
+                )
+            })?;
+        let api: Api<DynamicObject> = match caps.scope {
+            kube::discovery::Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                object.metadata.namespace.as_deref().unwrap_or("default"),
+                &resource,
+            ),
+            kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(
+            &object.name_any(),
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "--apply {}: {} {}: {e}",
+                file.display(),
+                types.kind,
+                object.name_any()
+            )
+        })?;
+        println!("applied {} {}", types.kind, object.name_any());
+    }
+    Ok(())
+}
+
+/// The live table: redrawn when it changes.
+async fn show(client: &kube::Client) {
+    let sets: Api<DisaggregatedSet> = Api::all(client.clone());
+    let lws: Api<LeaderWorkerSet> = Api::all(client.clone());
+    let mut last = String::new();
+    loop {
+        if let (Ok(sets), Ok(children)) = (
+            sets.list(&ListParams::default()).await,
+            lws.list(&ListParams::default().labels(keys::NAME)).await,
+        ) {
+            let table = table(&sets.items, &children.items);
+            if table != last {
+                println!("\n{table}");
+                last = table;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One line per set and role: replicas (ready/desired) per revision, the step and any hold.
+pub fn table(sets: &[DisaggregatedSet], children: &[LeaderWorkerSet]) -> String {
+    let mut out = format!(
+        "{:<24} {:<10} {:<28} {:<10} {:<9} HELD\n",
+        "SET", "ROLE", "REVISIONS (ready/desired)", "STEP", "AVAILABLE"
+    );
+    for set in sets {
+        let name = set.name_any();
+        let status = set.status.clone().unwrap_or_default();
+        let step = status
+            .rollout
+            .as_ref()
+            .map(|r| format!("{}/{}", r.step, r.total_steps))
+            .unwrap_or_else(|| "-".into());
+        let held = status
+            .rollout
+            .as_ref()
+            .and_then(|r| {
+                r.held_by
+                    .clone()
+                    .map(|g| format!("{g}: {}", r.hold_reason.clone().unwrap_or_default()))
+            })
+            .unwrap_or_default();
+        let available = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Available")
+            .map(|c| c.status.clone())
+            .unwrap_or_else(|| "-".into());
+        for role in &set.spec.roles {
+            let mut per_revision: BTreeMap<String, (i32, i32)> = BTreeMap::new();
+            for c in children.iter().filter(|c| {
+                c.namespace() == set.namespace()
+                    && c.labels().get(keys::NAME) == Some(&name)
+                    && c.labels().get(keys::ROLE) == Some(&role.name)
+            }) {
+                let rev = c.labels().get(keys::REVISION).cloned().unwrap_or_default();
+                let e = per_revision.entry(rev).or_default();
+                e.0 += c.status.as_ref().map_or(0, |s| s.ready_replicas);
+                e.1 += c.spec.replicas;
+            }
+            let revisions = per_revision
+                .iter()
+                .map(|(rev, (ready, desired))| format!("{rev}:{ready}/{desired}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = writeln!(
+                out,
+                "{:<24} {:<10} {:<28} {:<10} {:<9} {held}",
+                name, role.name, revisions, step, available
+            );
+        }
+    }
+    out
+}
