@@ -158,9 +158,20 @@ async fn watch_until(
 /// readiness: every (old, new) per role from the start to done. Each satisfies
 /// the surge bound and the no-orphan rule (the planner's property tests).
 fn planned(before: &DisaggregatedSet, after: &DisaggregatedSet) -> Vec<State> {
+    planned_with(before, after, &BTreeMap::new())
+}
+
+/// `planned`, with External roles at their scalers' replicas.
+fn planned_with(
+    before: &DisaggregatedSet,
+    after: &DisaggregatedSet,
+    external: &BTreeMap<String, i32>,
+) -> Vec<State> {
     use disagg::core::{execute::target_for, revision::revision, simulate};
-    let old = target_for(before, &revision(&before.spec, &[]), |r| r.spec.replicas);
-    let new = target_for(after, &revision(&after.spec, &[]), |r| r.spec.replicas);
+    let replicas =
+        |r: &disagg::api::set::Role| external.get(&r.name).copied().unwrap_or(r.spec.replicas);
+    let old = target_for(before, &revision(&before.spec, &[]), replicas);
+    let new = target_for(after, &revision(&after.spec, &[]), replicas);
     let mut children = simulate::steady_children(&old, 0);
     let start: State = old
         .roles
@@ -613,4 +624,243 @@ async fn a_foreign_child_is_left_alone_and_reported() {
             .any(|m| m == disagg::controller::FIELD_MANAGER),
         "the operator wrote to it: {writers:?}"
     );
+}
+
+fn revision_of(set: &DisaggregatedSet) -> String {
+    set.status
+        .as_ref()
+        .and_then(|s| s.update_revision.clone())
+        .unwrap_or_default()
+}
+
+fn revisions(kids: &[LeaderWorkerSet]) -> std::collections::BTreeSet<String> {
+    kids.iter()
+        .map(|k| k.metadata.labels.clone().unwrap_or_default()[keys::REVISION].clone())
+        .collect()
+}
+
+/// Waits until the set is Available at a revision other than `not`, with only
+/// that revision's children left; checks the surge bound (all revisions
+/// together) on every observation. Returns the set and its children.
+async fn settle(
+    sets: &Api<DisaggregatedSet>,
+    lws: &Api<LeaderWorkerSet>,
+    name: &str,
+    not: &str,
+    bound: &BTreeMap<String, i32>,
+) -> (DisaggregatedSet, Vec<LeaderWorkerSet>) {
+    watch_until(
+        sets,
+        lws,
+        name,
+        "settled on a new revision",
+        |kids| {
+            let mut totals: BTreeMap<String, i32> = BTreeMap::new();
+            for k in kids {
+                *totals
+                    .entry(k.metadata.labels.clone().unwrap()[keys::ROLE].clone())
+                    .or_default() += k.spec.replicas;
+            }
+            for (role, total) in &totals {
+                if let Some(limit) = bound.get(role) {
+                    assert!(
+                        total <= limit,
+                        "{role} has {total} groups over all revisions, above {limit}"
+                    );
+                }
+            }
+        },
+        |s, k| {
+            let rev = revision_of(s);
+            condition(s, "Available").as_deref() == Some("True")
+                && rev != not
+                && s.metadata.generation == s.status.as_ref().and_then(|st| st.observed_generation)
+                && revisions(k) == std::collections::BTreeSet::from([rev])
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_roles_external_scaling_a_b_c_rollback_and_role_removal() {
+    use disagg::api::scaler::DisaggregatedSetRoleScaler;
+    let cluster = cluster("three").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let scalers: Api<DisaggregatedSetRoleScaler> =
+        Api::namespaced(cluster.client.clone(), "default");
+    let set: DisaggregatedSet =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/epd-3role.yaml")).unwrap())
+            .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let (a, kids) = watch_until(
+        &sets,
+        &lws,
+        "epd",
+        "Available",
+        |_| {},
+        |s, _| condition(s, "Available").as_deref() == Some("True"),
+    )
+    .await;
+    let rev_a = revision_of(&a);
+    assert_eq!(
+        state_of(&kids, &rev_a),
+        State::from([
+            ("encode".into(), (0, 2)),
+            ("prefill".into(), (0, 4)),
+            ("decode".into(), (0, 6))
+        ])
+    );
+
+    // The External role's scaler exists, seeded from the role, and drives it.
+    let scaler = scalers.get("epd-decode").await.unwrap();
+    assert_eq!(scaler.spec.replicas, 6);
+    scalers
+        .patch_scale(
+            "epd-decode",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 8}})),
+        )
+        .await
+        .unwrap();
+    watch_until(
+        &sets,
+        &lws,
+        "epd",
+        "decode follows its scaler",
+        |_| {},
+        |s, k| {
+            condition(s, "Available").as_deref() == Some("True")
+                && state_of(k, &rev_a).get("decode") == Some(&(0, 8))
+        },
+    )
+    .await;
+    // Its status follows the role's groups, for HPA.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = scalers
+            .get("epd-decode")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        if status.replicas == Some(8) {
+            assert!(
+                status
+                    .selector
+                    .unwrap()
+                    .contains("disaggregatedset.x-k8s.io/role=decode")
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scaler's status never showed 8: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A template change on one role moves all three along the planner's schedule.
+    let before = sets.get("epd").await.unwrap();
+    let image = |v: &str| {
+        Patch::Json::<()>(serde_json::from_value(json!([{"op": "replace",
+            "path": "/spec/roles/0/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/image",
+            "value": format!("vllm/vllm-openai:{v}")}])).unwrap())
+    };
+    sets.patch("epd", &PatchParams::default(), &image("v0.12.0"))
+        .await
+        .unwrap();
+    let after = sets.get("epd").await.unwrap();
+    let external = BTreeMap::from([("decode".to_string(), 8)]);
+    let schedule = planned_with(&before, &after, &external);
+    let bound = BTreeMap::from([
+        ("encode".to_string(), 3),
+        ("prefill".to_string(), 6),
+        ("decode".to_string(), 9),
+    ]);
+    let mut seen = 0;
+    let (b, _) = watch_until(
+        &sets,
+        &lws,
+        "epd",
+        "rolled out to B",
+        |kids| {
+            let Some(rev) = revisions(kids).into_iter().find(|r| *r != rev_a) else {
+                return;
+            };
+            let state = state_of(kids, &rev);
+            assert!(
+                on_schedule(&schedule, &state),
+                "{state:?} is off the schedule {schedule:?}"
+            );
+            seen += 1;
+        },
+        |s, k| {
+            condition(s, "Available").as_deref() == Some("True")
+                && revision_of(s) != rev_a
+                && revisions(k).len() == 1
+        },
+    )
+    .await;
+    assert!(seen > 0);
+    let rev_b = revision_of(&b);
+
+    // A→B→C: C arrives while B is rolling out; B (the newest old) drains first.
+    sets.patch("epd", &PatchParams::default(), &image("v0.13.0"))
+        .await
+        .unwrap();
+    watch_until(
+        &sets,
+        &lws,
+        "epd",
+        "C under way",
+        |_| {},
+        |s, k| revision_of(s) != rev_b && revisions(k).len() > 1,
+    )
+    .await;
+    sets.patch("epd", &PatchParams::default(), &image("v0.14.0"))
+        .await
+        .unwrap();
+    let (c, _) = settle(&sets, &lws, "epd", &rev_b, &bound).await;
+    let rev_c = revision_of(&c);
+
+    // Rollback: the first template again is revision A again.
+    sets.patch("epd", &PatchParams::default(), &image("v0.11.0"))
+        .await
+        .unwrap();
+    let (back, _) = settle(&sets, &lws, "epd", &rev_c, &bound).await;
+    assert_eq!(revision_of(&back), rev_a);
+
+    // Removing a role is a new revision without it.
+    sets.patch(
+        "epd",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([{"op": "remove", "path": "/spec/roles/0"}])).unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let (removed, kids) = settle(&sets, &lws, "epd", &rev_a, &bound).await;
+    let rev_d = revision_of(&removed);
+    assert_eq!(
+        state_of(&kids, &rev_d),
+        State::from([("prefill".into(), (0, 4)), ("decode".into(), (0, 8))])
+    );
+
+    // Deleting the set takes the children and the scaler.
+    sets.delete("epd", &DeleteParams::background())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !children(&lws, "epd").await.is_empty()
+        || scalers.get_opt("epd-decode").await.unwrap().is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "children or the scaler outlived their set"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -390,18 +390,29 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
         }
     };
 
-    // New side first: scale-up before scale-down.
+    // New side first (scale-up before scale-down keeps capacity), except for a
+    // role whose scale-up would, before its drain lands, exceed target +
+    // maxSurge (a forced drain, rule 6): its drain goes first, so that every
+    // state the API shows between two writes stays within the surge bound.
+    let drain_first: Vec<String> = roles
+        .iter()
+        .zip(&inputs)
+        .zip(&next_new)
+        .filter(|((p, i), n)| **n > p.new && p.old + **n > i.target + i.max_surge)
+        .map(|((p, _), _)| p.name.clone())
+        .collect();
+    let mut scale_ups = Vec::new();
     for (p, &n) in roles.iter_mut().zip(&next_new) {
         p.next_new = n;
         if n == p.new {
             continue;
         }
         match new_children.get(p.name.as_str()) {
-            Some(c) => actions.push(Action::Scale {
+            Some(c) => scale_ups.push(Action::Scale {
                 name: c.name.clone(),
                 replicas: n,
             }),
-            None => actions.push(Action::Create {
+            None => scale_ups.push(Action::Create {
                 slice,
                 role: p.name.clone(),
                 replicas: n,
@@ -416,15 +427,20 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
             .map(|(_, r)| *r)
             .sum();
     }
-    actions.extend(
-        drains
-            .into_iter()
-            .filter(|(c, r)| *r != c.replicas)
-            .map(|(c, r)| Action::Scale {
+    let (early, late): (Vec<_>, Vec<_>) = drains
+        .into_iter()
+        .filter(|(c, r)| *r != c.replicas)
+        .map(|(c, r)| {
+            let action = Action::Scale {
                 name: c.name.clone(),
                 replicas: r,
-            }),
-    );
+            };
+            (drain_first.contains(&c.role), action)
+        })
+        .partition(|(early, _)| *early);
+    actions.extend(early.into_iter().map(|(_, a)| a));
+    actions.extend(scale_ups);
+    actions.extend(late.into_iter().map(|(_, a)| a));
     SlicePlan {
         slice,
         state: SliceState::Stepping,
