@@ -72,6 +72,7 @@ pub async fn run(
         namespace: "lws-system".into(),
         plugin_dir: options.plugin_dir.clone(),
         probe_addr: "127.0.0.1:0".parse().expect("a valid address"),
+        leader_election: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(controller::run(client.clone(), operator, async {

@@ -79,6 +79,12 @@ struct RunArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Lead without a Lease (only when exactly one replica runs).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// How long the leader's Lease lasts without renewal; a standby takes over after it.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
 }
 
 #[derive(clap::Args)]
@@ -152,6 +158,17 @@ fn run(args: RunArgs) -> ExitCode {
             namespace: args.namespace,
             plugin_dir: args.plugin_dir,
             probe_addr: args.probe_addr,
+            leader_election: (!args.no_leader_election).then(|| {
+                let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                    format!(
+                        "disagg-{}-{}",
+                        std::process::id(),
+                        k8s_openapi::jiff::Timestamp::now().as_millisecond()
+                    )
+                });
+                let duration = std::time::Duration::from_secs(args.lease_duration_seconds.max(1));
+                (identity, duration)
+            }),
         };
         disagg::controller::run(client, options, shutdown_signal()).await
     });

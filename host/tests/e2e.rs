@@ -72,6 +72,10 @@ async fn cluster(test: &str) -> Cluster {
 }
 
 fn start_operator(cluster: &Cluster) -> Operator {
+    start_operator_with(cluster, &[])
+}
+
+fn start_operator_with(cluster: &Cluster, extra: &[&str]) -> Operator {
     let child = Command::new(env!("CARGO_BIN_EXE_disagg"))
         .args([
             "run",
@@ -82,6 +86,7 @@ fn start_operator(cluster: &Cluster) -> Operator {
             "--kubeconfig",
         ])
         .arg(&cluster.kubeconfig)
+        .args(extra)
         .env(
             "RUST_LOG",
             std::env::var("DISAGG_E2E_LOG").unwrap_or_else(|_| "warn".into()),
@@ -862,5 +867,63 @@ async fn three_roles_external_scaling_a_b_c_rollback_and_role_removal() {
             "children or the scaler outlived their set"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_leader_dies_mid_rollout() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let cluster = cluster("failover").await;
+    let fast = ["--lease-duration-seconds", "2"];
+    let mut operators = [
+        start_operator_with(&cluster, &fast),
+        start_operator_with(&cluster, &fast),
+    ];
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "lws-system");
+    sets.create(&PostParams::default(), &example("ha", json!([])))
+        .await
+        .unwrap();
+    let (first, _) = watch_until(
+        &sets,
+        &lws,
+        "ha",
+        "Available",
+        |_| {},
+        |s, _| condition(s, "Available").as_deref() == Some("True"),
+    )
+    .await;
+    let holder = |l: &Lease| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
+            .unwrap_or_default()
+    };
+    let lease = leases.get("disaggregatedset-operator").await.unwrap();
+    let leader = operators
+        .iter()
+        .position(|o| holder(&lease).starts_with(&format!("disagg-{}-", o.0.id())))
+        .expect("one of the two operators holds the Lease");
+
+    // SIGKILL the leader mid-rollout; the standby takes the Lease once it expires and finishes.
+    set_image(&sets, "ha", "vllm/vllm-openai:v0.12.0").await;
+    let _ = operators[leader].0.kill();
+    let _ = operators[leader].0.wait();
+    let bound = BTreeMap::from([("prefill".to_string(), 3), ("decode".to_string(), 5)]);
+    settle(&sets, &lws, "ha", &revision_of(&first), &bound).await;
+    let standby = format!("disagg-{}-", operators[1 - leader].0.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lease = leases.get("disaggregatedset-operator").await.unwrap();
+        if holder(&lease).starts_with(&standby) {
+            assert!(lease.spec.unwrap().lease_transitions.unwrap_or(0) >= 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never took the Lease: {lease:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -6,10 +6,12 @@
 //!   for new children, merge patches for replicas) → report (status, Events).
 //! * [`plugins`]: plugins from ConfigMaps or `--plugin-dir`, swapped in when they change.
 //! * [`metrics`]: Prometheus metrics; `/healthz`, `/readyz` and `/metrics` are served together.
+//! * [`leader`]: leader election on a Lease, so that two replicas can run.
 //!
-//! Not built yet (issue #5): leader election (run one replica), plugin call
-//! metrics by hook, and binding default plugins to every set.
+//! Not built yet (issue #5): plugin call metrics by hook, and binding default
+//! plugins to every set.
 
+pub mod leader;
 pub mod metrics;
 pub mod plugins;
 pub mod reconcile;
@@ -111,6 +113,8 @@ pub struct Options {
     pub plugin_dir: Option<PathBuf>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub probe_addr: SocketAddr,
+    /// Leader election: this replica's identity and the Lease duration (None: lead alone).
+    pub leader_election: Option<(String, Duration)>,
 }
 
 /// Runs the operator until `shutdown` completes; in-flight reconciles finish first.
@@ -164,8 +168,27 @@ pub async fn run(
         wake,
         |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
     );
+    // A standby is ready (it can take over); only the leader reconciles.
     ready.store(true, Ordering::SeqCst);
-    Controller::new(
+    let elector = options.leader_election.map(|(identity, duration)| {
+        leader::Elector::new(client.clone(), &options.namespace, identity, duration)
+    });
+    let mut shutdown = Box::pin(shutdown);
+    if let Some(e) = &elector {
+        tokio::select! {
+            _ = e.acquire() => tracing::info!(identity = %e.identity(), "leading"),
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+    // Stop on shutdown, or when the Lease is lost.
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = lost_rx => {}
+        }
+    };
+    let controller = Controller::new(
         Api::<DisaggregatedSet>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -178,16 +201,31 @@ pub async fn run(
         watcher::Config::default().labels(keys::NAME),
     )
     .reconcile_all_on(wake)
-    .graceful_shutdown_on(shutdown)
+    .graceful_shutdown_on(stop)
     .run(reconcile::reconcile, error_policy, ctx)
     .for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!(error = %e, "reconcile");
         }
-    })
-    .await;
-    tracing::info!("stopped");
-    Ok(())
+    });
+    let Some(elector) = elector else {
+        controller.await;
+        tracing::info!("stopped");
+        return Ok(());
+    };
+    let mut controller = Box::pin(controller);
+    tokio::select! {
+        _ = &mut controller => {
+            elector.release().await;
+            tracing::info!("stopped; Lease released");
+            Ok(())
+        }
+        _ = elector.keep() => {
+            let _ = lost_tx.send(());
+            controller.await;
+            Err("lost the leader Lease; exiting so that a fresh start rejoins the election".into())
+        }
+    }
 }
 
 /// Conflicts are someone else's write landing first: retry at once. Anything

@@ -1,0 +1,158 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so that two replicas
+//! can run: one reconciles, the other waits to take over. The Lease is
+//! written with optimistic concurrency (its resourceVersion), so two
+//! candidates can never both believe they won the same round.
+//!
+//! The leader renews every third of the lease duration. If it cannot renew
+//! within two thirds of it, it stops leading (the operator exits and is
+//! restarted), before anyone else may take over: a standby only takes a
+//! Lease whose `renewTime + leaseDurationSeconds` has passed.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::time::Duration;
+
+/// The Lease the operator's replicas share.
+pub const LEASE_NAME: &str = "disaggregatedset-operator";
+
+pub struct Elector {
+    api: Api<Lease>,
+    identity: String,
+    duration: Duration,
+}
+
+impl Elector {
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        identity: String,
+        duration: Duration,
+    ) -> Self {
+        Elector {
+            api: Api::namespaced(client, namespace),
+            identity,
+            duration,
+        }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Waits until this replica holds the Lease.
+    pub async fn acquire(&self) {
+        let mut announced = false;
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return,
+                Ok(false) => {
+                    if !announced {
+                        tracing::info!(identity = %self.identity, "standing by: another replica leads");
+                        announced = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: cannot read or write the Lease")
+                }
+            }
+            tokio::time::sleep(self.duration / 5).await;
+        }
+    }
+
+    /// Renews the Lease until renewal fails for two thirds of its duration;
+    /// then returns (leadership is lost).
+    pub async fn keep(&self) {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.duration / 3).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(false) => {
+                    tracing::error!(identity = %self.identity, "leader election: another replica holds the Lease");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "leader election: renewing the Lease failed"),
+            }
+            if last_renewed.elapsed() > self.duration * 2 / 3 {
+                tracing::error!(identity = %self.identity, "leader election: could not renew the Lease in time");
+                return;
+            }
+        }
+    }
+
+    /// Gives the Lease up (on shutdown), so a standby need not wait for it to expire.
+    pub async fn release(&self) {
+        if let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await
+            && let Some(spec) = lease.spec.as_mut()
+            && spec.holder_identity.as_deref() == Some(&self.identity)
+        {
+            spec.holder_identity = None;
+            spec.renew_time = None;
+            let _ = self
+                .api
+                .replace(LEASE_NAME, &PostParams::default(), &lease)
+                .await;
+        }
+    }
+
+    /// One round: `Ok(true)` when this replica holds the Lease afterwards.
+    async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let seconds = self.duration.as_secs().max(1) as i32;
+        let Some(mut lease) = self.api.get_opt(LEASE_NAME).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(LEASE_NAME.into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(seconds),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let mine = spec.holder_identity.as_deref() == Some(&self.identity);
+        let held = spec
+            .holder_identity
+            .as_deref()
+            .is_some_and(|h| !h.is_empty());
+        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
+            (Some(renewed), Some(d)) => {
+                renewed.0.as_millisecond() + i64::from(d) * 1000 < now.as_millisecond()
+            }
+            _ => true,
+        };
+        if !mine && held && !expired {
+            return Ok(false);
+        }
+        if !mine {
+            spec.acquire_time = Some(MicroTime(now));
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            spec.holder_identity = Some(self.identity.clone());
+        }
+        spec.renew_time = Some(MicroTime(now));
+        spec.lease_duration_seconds = Some(seconds);
+        // Conditional on the version read: a competing write makes this a 409, and we lose the round.
+        match self
+            .api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
