@@ -154,6 +154,32 @@ pub struct Runtime {
     limits: Limits,
     compiled: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
     calls: tokio::sync::Semaphore,
+    /// Calls in flight; the epoch ticker sleeps while there are none, so an
+    /// idle operator burns no CPU.
+    busy: Arc<Busy>,
+}
+
+#[derive(Default)]
+struct Busy {
+    calls: Mutex<usize>,
+    started: std::sync::Condvar,
+}
+
+/// Counts one call in flight for as long as it lives.
+struct InFlight<'a>(&'a Busy);
+
+impl<'a> InFlight<'a> {
+    fn new(busy: &'a Busy) -> Self {
+        *busy.calls.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        busy.started.notify_all();
+        InFlight(busy)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        *self.0.calls.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    }
 }
 
 impl Runtime {
@@ -190,8 +216,9 @@ impl Runtime {
             limits,
             compiled: Mutex::new(HashMap::new()),
             calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS),
+            busy: Arc::default(),
         });
-        spawn_ticker(Arc::downgrade(&runtime));
+        spawn_ticker(Arc::downgrade(&runtime), runtime.busy.clone());
         Ok(runtime)
     }
 
@@ -310,6 +337,7 @@ impl Runtime {
         f: impl FnOnce(&Plugin, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let limits = self.limits;
+        let _in_flight = InFlight::new(&self.busy);
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
         let stderr = MemoryOutputPipe::new(limits.output_bytes);
         // No preopened directories, environment, arguments or network.
@@ -565,12 +593,29 @@ impl Runtime {
     }
 }
 
-/// Advances the engine's epoch until the runtime is dropped.
-fn spawn_ticker(runtime: Weak<Runtime>) {
+/// Advances the engine's epoch while calls are in flight, until the runtime
+/// is dropped. With no call in flight it waits (checking once a second
+/// whether the runtime is gone), so it costs nothing when idle; deadlines
+/// count ticks from their call's start, which always finds the ticker running.
+fn spawn_ticker(runtime: Weak<Runtime>, busy: Arc<Busy>) {
     std::thread::Builder::new()
         .name("plugin-epoch".into())
         .spawn(move || {
-            while let Some(rt) = runtime.upgrade() {
+            loop {
+                {
+                    let mut calls = busy.calls.lock().unwrap_or_else(|p| p.into_inner());
+                    while *calls == 0 {
+                        if runtime.strong_count() == 0 {
+                            return;
+                        }
+                        calls = busy
+                            .started
+                            .wait_timeout(calls, Duration::from_secs(1))
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
+                let Some(rt) = runtime.upgrade() else { return };
                 rt.engine.increment_epoch();
                 drop(rt);
                 std::thread::sleep(EPOCH_TICK);

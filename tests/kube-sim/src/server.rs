@@ -30,6 +30,9 @@ pub struct Sim {
     pub faults: crate::faults::Faults,
     /// How the LWS simulator's groups behave (when it runs: [`crate::lws_sim::spawn`]).
     pub lws: crate::lws_sim::LwsSimControls,
+    /// Requests served, for `GET /kube-sim/stats`: reads (GET) and writes (the rest).
+    pub reads: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
     custom: RwLock<HashMap<ResourceId, Custom>>,
 }
 
@@ -52,6 +55,8 @@ impl Sim {
             store,
             faults: crate::faults::Faults::default(),
             lws: Default::default(),
+            reads: Default::default(),
+            writes: Default::default(),
             custom: RwLock::new(HashMap::new()),
         })
     }
@@ -371,6 +376,13 @@ async fn handle(
         }
         _ => {}
     }
+    if path == "/kube-sim/stats" {
+        use std::sync::atomic::Ordering::Relaxed;
+        return json_response(
+            StatusCode::OK,
+            &json!({"reads": sim.reads.load(Relaxed), "writes": sim.writes.load(Relaxed)}),
+        );
+    }
     let Some(target) = parse_path(path) else {
         return error_response(&StoreError {
             code: 404,
@@ -391,6 +403,12 @@ async fn handle(
             ),
         });
     }
+    let counter = if method == Method::GET {
+        &sim.reads
+    } else {
+        &sim.writes
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let latency = sim.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
