@@ -927,3 +927,124 @@ async fn a_standby_takes_over_when_the_leader_dies_mid_rollout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_role_add_and_rename() {
+    let cluster = cluster("roles").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    sets.create(&PostParams::default(), &example("roles", json!([])))
+        .await
+        .unwrap();
+    let (first, _) = watch_until(
+        &sets,
+        &lws,
+        "roles",
+        "Available",
+        |_| {},
+        |s, _| condition(s, "Available").as_deref() == Some("True"),
+    )
+    .await;
+    let rev_a = revision_of(&first);
+    let replicas = |prefill: i32, decode: i32| {
+        Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "replace", "path": "/spec/roles/0/spec/replicas", "value": prefill},
+                {"op": "replace", "path": "/spec/roles/1/spec/replicas", "value": decode},
+            ]))
+            .unwrap(),
+        )
+    };
+
+    // Paused: every role at 0 keeps the revision and runs nothing.
+    sets.patch("roles", &PatchParams::default(), &replicas(0, 0))
+        .await
+        .unwrap();
+    watch_until(
+        &sets,
+        &lws,
+        "roles",
+        "paused",
+        |_| {},
+        |s, k| {
+            s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation
+                && k.iter().all(|c| c.spec.replicas == 0)
+        },
+    )
+    .await;
+    sets.patch("roles", &PatchParams::default(), &replicas(2, 4))
+        .await
+        .unwrap();
+    let (resumed, kids) = watch_until(
+        &sets,
+        &lws,
+        "roles",
+        "resumed",
+        |_| {},
+        |s, k| {
+            condition(s, "Available").as_deref() == Some("True")
+                && state_of(k, &rev_a)
+                    == State::from([("decode".into(), (0, 4)), ("prefill".into(), (0, 2))])
+        },
+    )
+    .await;
+    assert_eq!(revision_of(&resumed), rev_a);
+    assert_eq!(kids.len(), 2);
+
+    // Adding a role is a new revision with it; the old roles roll over together.
+    let mut encode = serde_json::to_value(&resumed.spec.roles[0]).unwrap();
+    encode["name"] = json!("encode");
+    encode["spec"]["replicas"] = json!(1);
+    sets.patch(
+        "roles",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(
+                json!([{"op": "add", "path": "/spec/roles/-", "value": encode}]),
+            )
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let bound = BTreeMap::from([
+        ("prefill".to_string(), 3),
+        ("decode".to_string(), 5),
+        ("encode".to_string(), 2),
+        ("generate".to_string(), 5),
+    ]);
+    let (added, kids) = settle(&sets, &lws, "roles", &rev_a, &bound).await;
+    let rev_b = revision_of(&added);
+    assert_eq!(
+        state_of(&kids, &rev_b),
+        State::from([
+            ("decode".into(), (0, 4)),
+            ("encode".into(), (0, 1)),
+            ("prefill".into(), (0, 2))
+        ])
+    );
+
+    // Renaming a role replaces it: the old name drains with its revision.
+    sets.patch(
+        "roles",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(
+                json!([{"op": "replace", "path": "/spec/roles/1/name", "value": "generate"}]),
+            )
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let (renamed, kids) = settle(&sets, &lws, "roles", &rev_b, &bound).await;
+    assert_eq!(
+        state_of(&kids, &revision_of(&renamed)),
+        State::from([
+            ("generate".into(), (0, 4)),
+            ("encode".into(), (0, 1)),
+            ("prefill".into(), (0, 2))
+        ])
+    );
+}
