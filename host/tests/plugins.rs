@@ -678,3 +678,40 @@ fn a_digest_pin_only_ever_runs_that_component() {
     assert_eq!(failures[0].reason, "PluginDigestMismatch");
     assert!(failures[0].message.contains(&gate.digest));
 }
+
+#[test]
+fn the_observer_sees_every_hook_call_with_its_outcome() {
+    use std::sync::Mutex;
+    let rt = runtime();
+    let seen: Arc<Mutex<Vec<(String, disagg::plugin::Hook, bool)>>> = Arc::default();
+    let sink = seen.clone();
+    rt.observe(Box::new(move |plugin, hook, took, error| {
+        assert!(took > std::time::Duration::ZERO);
+        sink.lock()
+            .unwrap()
+            .push((plugin.to_string(), hook, error.is_some()));
+    }));
+    let gate = load(&rt, "rollout-gate");
+    rt.gate_step(&gate, &gate_input(serde_json::json!({}), 0, &[], 0))
+        .unwrap();
+    rt.gate_step(
+        &gate,
+        &gate_input(serde_json::json!({"nonsense": 1}), 0, &[], 0),
+    )
+    .unwrap_err();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (
+                "rollout-gate".to_string(),
+                disagg::plugin::Hook::GateStep,
+                false
+            ),
+            (
+                "rollout-gate".to_string(),
+                disagg::plugin::Hook::GateStep,
+                true
+            ),
+        ]
+    );
+}

@@ -23,6 +23,13 @@ struct Step {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginCall {
+    plugin: String,
+    hook: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginFailure {
     plugin: String,
     reason: &'static str,
@@ -35,6 +42,7 @@ pub struct Metrics {
     duration: Histogram,
     steps: Family<Step, Counter>,
     plugin_failures: Family<PluginFailure, Counter>,
+    plugin_calls: Family<PluginCall, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -45,6 +53,10 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let steps = Family::<Step, Counter>::default();
         let plugin_failures = Family::<PluginFailure, Counter>::default();
+        let plugin_calls =
+            Family::<PluginCall, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_005, 2.0, 16))
+            });
         registry.register(
             "reconciles",
             "Reconciles of DisaggregatedSets, by result",
@@ -70,6 +82,11 @@ impl Default for Metrics {
             "Plugin failures seen by reconciles, by plugin and reason",
             plugin_failures.clone(),
         );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Plugin hook calls (fresh instance + call), by plugin, hook and result",
+            plugin_calls.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -77,6 +94,7 @@ impl Default for Metrics {
             duration,
             steps,
             plugin_failures,
+            plugin_calls,
         }
     }
 }
@@ -106,11 +124,54 @@ impl Metrics {
             .inc();
     }
 
+    pub fn plugin_call(&self, plugin: &str, hook: &'static str, took: Duration, failed: bool) {
+        let result = if failed { "error" } else { "ok" };
+        self.plugin_calls
+            .get_or_create(&PluginCall {
+                plugin: plugin.to_string(),
+                hook,
+                result,
+            })
+            .observe(took.as_secs_f64());
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_reconciles_steps_and_plugin_calls() {
+        let m = Metrics::default();
+        m.reconciled(Duration::from_millis(2), None);
+        m.step("create");
+        m.plugin_call(
+            "rollout-gate",
+            "gate-step",
+            Duration::from_micros(20),
+            false,
+        );
+        m.plugin_call("rollout-gate", "gate-step", Duration::from_micros(30), true);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"disagg_reconciles_total{result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"disagg_rollout_steps_total{action="create"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"disagg_plugin_call_duration_seconds_count{plugin="rollout-gate",hook="gate-step",result="error"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -133,6 +133,20 @@ pub async fn run(
         },
     );
     let metrics = Arc::new(metrics::Metrics::default());
+    {
+        let metrics = metrics.clone();
+        registry
+            .runtime()
+            .observe(Box::new(move |plugin, hook, took, error| {
+                let hook = match hook {
+                    crate::plugin::Hook::PatchRole => "patch-role",
+                    crate::plugin::Hook::ScaleRole => "scale-role",
+                    crate::plugin::Hook::GateStep => "gate-step",
+                    crate::plugin::Hook::Validate => "validate",
+                };
+                metrics.plugin_call(plugin, hook, took, error.is_some());
+            }));
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(options.probe_addr)
         .await

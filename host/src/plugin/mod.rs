@@ -19,6 +19,6 @@ mod runtime;
 
 pub use error::PluginError;
 pub use runtime::{
-    CONTRACT_VERSION, GateDecision, GateInput, Hook, Limits, LoadedPlugin, PatchInput, PluginInfo,
-    RoleReplicas, RoleStep, Runtime, ScaleAdvice, ScaleInput, Violation,
+    CONTRACT_VERSION, GateDecision, GateInput, Hook, Limits, LoadedPlugin, Observer, PatchInput,
+    PluginInfo, RoleReplicas, RoleStep, Runtime, ScaleAdvice, ScaleInput, Violation,
 };

@@ -154,10 +154,15 @@ pub struct Runtime {
     limits: Limits,
     compiled: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
     calls: tokio::sync::Semaphore,
+    /// Told about every hook call, for metrics.
+    observer: std::sync::OnceLock<Observer>,
     /// Calls in flight; the epoch ticker sleeps while there are none, so an
     /// idle operator burns no CPU.
     busy: Arc<Busy>,
 }
+
+/// Receives every hook call: plugin, hook, duration, and the error if it failed.
+pub type Observer = Box<dyn Fn(&str, Hook, Duration, Option<&PluginError>) + Send + Sync>;
 
 #[derive(Default)]
 struct Busy {
@@ -217,6 +222,7 @@ impl Runtime {
             compiled: Mutex::new(HashMap::new()),
             calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS),
             busy: Arc::default(),
+            observer: std::sync::OnceLock::new(),
         });
         spawn_ticker(Arc::downgrade(&runtime), runtime.busy.clone());
         Ok(runtime)
@@ -328,6 +334,25 @@ impl Runtime {
                 }
             ),
         })
+    }
+
+    /// Sets the observer of hook calls (once; later calls are ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn observed<R>(
+        &self,
+        plugin: &LoadedPlugin,
+        hook: Hook,
+        f: impl FnOnce() -> Result<R, PluginError>,
+    ) -> Result<R, PluginError> {
+        let started = std::time::Instant::now();
+        let result = f();
+        if let Some(observe) = self.observer.get() {
+            observe(&plugin.name, hook, started.elapsed(), result.as_ref().err());
+        }
+        result
     }
 
     /// Runs one hook on a fresh instance within the limits.
@@ -442,26 +467,28 @@ impl Runtime {
         plugin: &LoadedPlugin,
         input: &PatchInput,
     ) -> Result<LwsPatch, PluginError> {
-        self.require(plugin, Hook::PatchRole, "patch-role")?;
-        let out = self.call(plugin, |p, s| {
-            p.disaggregatedset_plugin_hooks().call_patch_role(s, input)
-        })?;
-        let failed = |message| PluginError::Failed {
-            plugin: plugin.name.clone(),
-            message,
-        };
-        let parse = |text: &str| {
-            self.check_len(plugin, text.len())?;
-            serde_json::from_str(text).map_err(|e| PluginError::BadOutput {
+        self.observed(plugin, Hook::PatchRole, || {
+            self.require(plugin, Hook::PatchRole, "patch-role")?;
+            let out = self.call(plugin, |p, s| {
+                p.disaggregatedset_plugin_hooks().call_patch_role(s, input)
+            })?;
+            let failed = |message| PluginError::Failed {
                 plugin: plugin.name.clone(),
-                message: format!("patch is not JSON: {e}"),
-            })
-        };
-        match out.map_err(failed)? {
-            wit::Patch::None => Ok(LwsPatch::None),
-            wit::Patch::Merge(text) => Ok(LwsPatch::Merge(parse(&text)?)),
-            wit::Patch::JsonPatch(text) => Ok(LwsPatch::Json(parse(&text)?)),
-        }
+                message,
+            };
+            let parse = |text: &str| {
+                self.check_len(plugin, text.len())?;
+                serde_json::from_str(text).map_err(|e| PluginError::BadOutput {
+                    plugin: plugin.name.clone(),
+                    message: format!("patch is not JSON: {e}"),
+                })
+            };
+            match out.map_err(failed)? {
+                wit::Patch::None => Ok(LwsPatch::None),
+                wit::Patch::Merge(text) => Ok(LwsPatch::Merge(parse(&text)?)),
+                wit::Patch::JsonPatch(text) => Ok(LwsPatch::Json(parse(&text)?)),
+            }
+        })
     }
 
     /// `scale-role`: a proposal for a role's replicas, if any.
@@ -470,24 +497,26 @@ impl Runtime {
         plugin: &LoadedPlugin,
         input: &ScaleInput,
     ) -> Result<Option<ScaleAdvice>, PluginError> {
-        self.require(plugin, Hook::ScaleRole, "scale-role")?;
-        let out = self.call(plugin, |p, s| {
-            p.disaggregatedset_plugin_hooks().call_scale_role(s, input)
-        })?;
-        let advice = out.map_err(|message| PluginError::Failed {
-            plugin: plugin.name.clone(),
-            message,
-        })?;
-        if let Some(a) = &advice {
-            self.check_len(plugin, a.reason.len())?;
-            if a.replicas < 0 {
-                return Err(PluginError::BadOutput {
-                    plugin: plugin.name.clone(),
-                    message: format!("proposed {} replicas for {}", a.replicas, input.role),
-                });
+        self.observed(plugin, Hook::ScaleRole, || {
+            self.require(plugin, Hook::ScaleRole, "scale-role")?;
+            let out = self.call(plugin, |p, s| {
+                p.disaggregatedset_plugin_hooks().call_scale_role(s, input)
+            })?;
+            let advice = out.map_err(|message| PluginError::Failed {
+                plugin: plugin.name.clone(),
+                message,
+            })?;
+            if let Some(a) = &advice {
+                self.check_len(plugin, a.reason.len())?;
+                if a.replicas < 0 {
+                    return Err(PluginError::BadOutput {
+                        plugin: plugin.name.clone(),
+                        message: format!("proposed {} replicas for {}", a.replicas, input.role),
+                    });
+                }
             }
-        }
-        Ok(advice)
+            Ok(advice)
+        })
     }
 
     /// `gate-step`: proceed or hold.
@@ -496,18 +525,20 @@ impl Runtime {
         plugin: &LoadedPlugin,
         input: &GateInput,
     ) -> Result<GateDecision, PluginError> {
-        self.require(plugin, Hook::GateStep, "gate-step")?;
-        let out = self.call(plugin, |p, s| {
-            p.disaggregatedset_plugin_hooks().call_gate_step(s, input)
-        })?;
-        let decision = out.map_err(|message| PluginError::Failed {
-            plugin: plugin.name.clone(),
-            message,
-        })?;
-        if let GateDecision::Hold(h) = &decision {
-            self.check_len(plugin, h.reason.len())?;
-        }
-        Ok(decision)
+        self.observed(plugin, Hook::GateStep, || {
+            self.require(plugin, Hook::GateStep, "gate-step")?;
+            let out = self.call(plugin, |p, s| {
+                p.disaggregatedset_plugin_hooks().call_gate_step(s, input)
+            })?;
+            let decision = out.map_err(|message| PluginError::Failed {
+                plugin: plugin.name.clone(),
+                message,
+            })?;
+            if let GateDecision::Hold(h) = &decision {
+                self.check_len(plugin, h.reason.len())?;
+            }
+            Ok(decision)
+        })
     }
 
     /// `validate`: violations of the plugin's rules.
@@ -517,19 +548,21 @@ impl Runtime {
         set_json: &str,
         config_json: &str,
     ) -> Result<Vec<Violation>, PluginError> {
-        self.require(plugin, Hook::Validate, "validate")?;
-        let input = wit::ValidateRequest {
-            set: set_json.to_string(),
-            config: config_json.to_string(),
-        };
-        let out = self.call(plugin, |p, s| {
-            p.disaggregatedset_plugin_hooks().call_validate(s, &input)
-        })?;
-        self.check_len(
-            plugin,
-            out.iter().map(|v| v.field.len() + v.message.len()).sum(),
-        )?;
-        Ok(out)
+        self.observed(plugin, Hook::Validate, || {
+            self.require(plugin, Hook::Validate, "validate")?;
+            let input = wit::ValidateRequest {
+                set: set_json.to_string(),
+                config: config_json.to_string(),
+            };
+            let out = self.call(plugin, |p, s| {
+                p.disaggregatedset_plugin_hooks().call_validate(s, &input)
+            })?;
+            self.check_len(
+                plugin,
+                out.iter().map(|v| v.field.len() + v.message.len()).sum(),
+            )?;
+            Ok(out)
+        })
     }
 
     /// [`Runtime::load`] on tokio's blocking pool.
