@@ -232,7 +232,9 @@ async fn the_lws_simulator_makes_status_follow_spec() {
         serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
             .unwrap();
     let api: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
-    let lws = disagg::core::render::render_child(&set, &set.spec.roles[0], 0, "abcd1234", 2);
+    let mut lws = disagg::core::render::render_child(&set, &set.spec.roles[0], 0, "abcd1234", 2);
+    // Standalone: an owner reference to a set that does not exist would be garbage-collected.
+    lws.metadata.owner_references = None;
     let name = lws.metadata.name.clone().unwrap();
     let started = std::time::Instant::now();
     api.create(&PostParams::default(), &lws).await.unwrap();
