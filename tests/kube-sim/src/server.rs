@@ -1,6 +1,6 @@
 //! The HTTP front of the store: the Kubernetes REST paths and JSON.
-//! `/version`, `/healthz` (`/livez`, `/readyz`), legacy discovery (`/api`,
-//! `/api/v1`, `/apis`, `/apis/{g}/{v}`), `/openapi/v3`, and for every
+//! `/version`, `/healthz` (`/livez`, `/readyz`), discovery (`/api`, `/api/v1`,
+//! `/apis`, `/apis/{g}/{v}`, and aggregated on `/api` and `/apis`), `/openapi/v3`, and for every
 //! registered resource get, list (label/field selectors, limit/continue,
 //! Tables), watch (from a resourceVersion, bookmarks, timeout, 410 as an ERROR
 //! event), create, update, the status subresource, JSON merge patch, RFC 6902
@@ -343,6 +343,16 @@ async fn handle(
             // State is kept; every connection's watch ends, as when an API server restarts.
             sim.faults.drop_watches();
             return (StatusCode::OK, "restarted").into_response();
+        }
+        // Aggregated discovery (one request for everything), when asked for.
+        "/api" | "/apis" if wants_aggregated(&headers) => {
+            let body = aggregated_discovery(&sim, path == "/api");
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, AGGREGATED_DISCOVERY)],
+                body.to_string(),
+            )
+                .into_response();
         }
         "/api" => {
             return json_response(
@@ -1146,6 +1156,76 @@ fn group_list(store: &Store) -> Value {
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// The media type of aggregated discovery (`apidiscovery.k8s.io/v2`).
+const AGGREGATED_DISCOVERY: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept.split(',').any(|t| {
+                let t = t.replace(' ', "");
+                t.contains("g=apidiscovery.k8s.io")
+                    && t.contains("v=v2;")
+                    && t.contains("as=APIGroupDiscoveryList")
+            })
+        })
+}
+
+/// Every group (core only for `/api`, the named groups for `/apis`) with its
+/// versions and resources, as `kubectl` asks for first.
+fn aggregated_discovery(sim: &Sim, core: bool) -> Value {
+    let verbs = json!([
+        "create", "delete", "get", "list", "patch", "update", "watch"
+    ]);
+    let items: Vec<Value> = group_versions(&sim.store)
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .fold(Vec::<(String, Vec<String>)>::new(), |mut acc, (g, v)| {
+            match acc.iter_mut().find(|(name, _)| *name == g) {
+                Some((_, versions)) => versions.push(v),
+                None => acc.push((g, vec![v])),
+            }
+            acc
+        })
+        .into_iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|version| {
+                    let resources: Vec<Value> = sim
+                        .store
+                        .resources()
+                        .into_iter()
+                        .filter(|(id, _)| id.group == group && id.version == *version)
+                        .map(|(id, info)| {
+                            let kind = json!({"group": group, "version": version, "kind": info.kind});
+                            let mut subresources = Vec::new();
+                            if info.status_subresource {
+                                subresources.push(json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}));
+                            }
+                            if sim.custom(&id).and_then(|c| c.scale).is_some() {
+                                subresources.push(json!({"subresource": "scale",
+                                    "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+                                    "verbs": ["get", "patch", "update"]}));
+                            }
+                            json!({"resource": id.plural, "responseKind": kind,
+                                   "scope": if info.namespaced { "Namespaced" } else { "Cluster" },
+                                   "singularResource": info.kind.to_lowercase(), "verbs": verbs,
+                                   "shortNames": info.short_names, "subresources": subresources})
+                        })
+                        .collect();
+                    json!({"version": version, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": group}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
 fn resource_list(sim: &Sim, group: &str, version: &str) -> Value {

@@ -178,6 +178,29 @@ async fn crds_register_resources_with_defaults_pruning_and_validation() {
         "{err:?}"
     );
 
+    // Aggregated discovery (what kubectl asks for first) agrees with the legacy endpoints.
+    let aggregated = kube::Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .unwrap();
+    let (lws_resource, caps) = aggregated
+        .get("leaderworkerset.x-k8s.io")
+        .expect("the LWS group is in aggregated discovery")
+        .recommended_kind("LeaderWorkerSet")
+        .unwrap();
+    assert_eq!(lws_resource.plural, "leaderworkersets");
+    assert!(
+        caps.subresources
+            .iter()
+            .any(|(r, _)| r.plural.ends_with("scale")),
+        "{caps:?}"
+    );
+    assert!(
+        aggregated
+            .get("")
+            .is_some_and(|core| core.recommended_kind("ConfigMap").is_some())
+    );
+
     // Discovery shows the new groups with their short names.
     let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
     let lws_group = discovery
