@@ -365,13 +365,19 @@ fn calling_a_hook_a_plugin_does_not_implement_is_an_error() {
 /// healthy plugin still works right after.
 #[test]
 fn hostile_plugins_fail_with_typed_errors_and_do_not_poison_the_runtime() {
-    let rt = runtime();
+    // A longer deadline than the default 100 ms, so that the memory bomb and
+    // the floods reach their own limits first even on a loaded machine.
+    let rt = Runtime::new(Limits {
+        deadline: Duration::from_millis(500),
+        ..Limits::default()
+    })
+    .unwrap();
     let hostile = load(&rt, "hostile");
     let healthy = load(&rt, "ratio-scaler");
     let cfg = json!({"role": "decode", "of": "prefill", "ratio": 2});
     let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
     for (mode, reason, max) in [
-        ("loop", "PluginTimeout", Duration::from_millis(600)),
+        ("loop", "PluginTimeout", Duration::from_millis(1500)),
         ("trap", "PluginTrapped", Duration::from_millis(600)),
         ("oom", "PluginOutOfMemory", Duration::from_secs(2)),
         ("flood", "PluginOutputTooLarge", Duration::from_secs(2)),
