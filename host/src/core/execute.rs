@@ -9,7 +9,11 @@
 //! 3. otherwise a rollout is under way: record `initial-replicas` on old
 //!    children when a rollout (re)starts, wait until every new child is ready,
 //!    ask the planner for the next step, and translate it into writes: new
-//!    children scale up first, then old ones scale down, newest old revision first.
+//!    children scale up first, then old ones scale down, newest old revision
+//!    first — except that a role whose scale-up would exceed target + maxSurge
+//!    before its drain lands (a forced drain) drains first, so that every state
+//!    between two writes keeps the surge bound (a deliberate refinement of
+//!    DESIGN §5's "scale up first").
 //!
 //! The controller asks plugin gates about each slice's `step` before it applies
 //! that slice's actions.
