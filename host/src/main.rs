@@ -132,14 +132,7 @@ enum PluginCommand {
 /// `disagg run`: logs to stderr, runs until SIGTERM or Ctrl-C.
 fn run(args: RunArgs) -> ExitCode {
     init_logs(args.log_json, "info");
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
+    block_on(async {
         let config = match &args.kubeconfig {
             Some(path) => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -171,26 +164,12 @@ fn run(args: RunArgs) -> ExitCode {
             }),
         };
         disagg::controller::run(client, options, shutdown_signal()).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    })
 }
 
 /// `disagg dev`.
 fn dev(args: DevArgs) -> ExitCode {
     init_logs(false, "warn");
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let options = disagg::dev::DevOptions {
         kubeconfig: args.kubeconfig,
         apply: args.apply,
@@ -199,7 +178,15 @@ fn dev(args: DevArgs) -> ExitCode {
         lws_crd: args.lws_crd,
         group_delay: std::time::Duration::from_millis(args.group_delay_ms),
     };
-    match runtime.block_on(disagg::dev::run(options, shutdown_signal())) {
+    block_on(disagg::dev::run(options, shutdown_signal()))
+}
+
+/// Runs a long-lived command on a multi-threaded runtime; its error is one line and exit code 1.
+fn block_on(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(command));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

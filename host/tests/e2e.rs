@@ -48,8 +48,7 @@ async fn cluster(test: &str) -> Cluster {
     let dir = std::env::temp_dir().join(format!("disagg-e2e-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: http://{addr}\nusers:\n- name: sim\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\ncurrent-context: sim\n")).unwrap();
+    std::fs::write(&kubeconfig, kube_sim::kubeconfig(addr)).unwrap();
     let client =
         kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
             .unwrap();
@@ -128,6 +127,19 @@ fn condition(set: &DisaggregatedSet, type_: &str) -> Option<String> {
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| c.status.clone())
+}
+
+fn available(set: &DisaggregatedSet) -> bool {
+    condition(set, "Available").as_deref() == Some("True")
+}
+
+/// Waits until the set is Available.
+async fn until_available(
+    sets: &Api<DisaggregatedSet>,
+    lws: &Api<LeaderWorkerSet>,
+    name: &str,
+) -> (DisaggregatedSet, Vec<LeaderWorkerSet>) {
+    watch_until(sets, lws, name, "Available", |_| {}, |s, _| available(s)).await
 }
 
 /// Polls until `done` accepts the set and its children, checking `each` on every observation.
@@ -226,15 +238,7 @@ async fn create_scale_roll_out_and_delete() {
     sets.create(&PostParams::default(), &set).await.unwrap();
 
     // A fresh create: one LWS per role at its replicas, then Available.
-    let (created, kids) = watch_until(
-        &sets,
-        &lws,
-        &name,
-        "Available after create",
-        |_| {},
-        |s, _| condition(s, "Available").as_deref() == Some("True"),
-    )
-    .await;
+    let (created, kids) = until_available(&sets, &lws, &name).await;
     let first_revision = created
         .status
         .as_ref()
@@ -272,10 +276,7 @@ async fn create_scale_roll_out_and_delete() {
         &name,
         "decode scaled to 6",
         |_| {},
-        |s, k| {
-            condition(s, "Available").as_deref() == Some("True")
-                && state_of(k, &first_revision).get("decode") == Some(&(0, 6))
-        },
+        |s, k| available(s) && state_of(k, &first_revision).get("decode") == Some(&(0, 6)),
     )
     .await;
     assert_eq!(kids.len(), 2);
@@ -283,13 +284,7 @@ async fn create_scale_roll_out_and_delete() {
     // A template change on one role rolls both out together, along the planner's
     // schedule (DESIGN §5) and within the surge bound (maxSurge 1, maxUnavailable 0).
     let before = sets.get(&name).await.unwrap();
-    sets.patch(&name, &PatchParams::default(), &Patch::Json::<()>(
-        serde_json::from_value(json!([{"op": "replace",
-            "path": "/spec/roles/0/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/image",
-            "value": "vllm/vllm-openai:v0.12.0"}])).unwrap(),
-    ))
-    .await
-    .unwrap();
+    set_image(&sets, &name, "vllm/vllm-openai:v0.12.0").await;
     let targets = BTreeMap::from([("prefill".to_string(), 2), ("decode".to_string(), 6)]);
     let after = sets.get(&name).await.unwrap();
     let schedule = planned(&before, &after);
@@ -325,7 +320,7 @@ async fn create_scale_roll_out_and_delete() {
             }
         },
         |s, k| {
-            condition(s, "Available").as_deref() == Some("True")
+            available(s)
                 && s.status.as_ref().and_then(|st| st.update_revision.as_deref()) != Some(&first_revision)
                 && k.len() == 2
         },
@@ -399,15 +394,7 @@ async fn a_gate_holds_each_step_until_approved() {
         json!([{"name": "rollout-gate", "config": {"requireApproval": true, "recheckSeconds": 1}}]),
     );
     sets.create(&PostParams::default(), &set).await.unwrap();
-    let (created, _) = watch_until(
-        &sets,
-        &lws,
-        "gated",
-        "Available",
-        |_| {},
-        |s, _| condition(s, "Available").as_deref() == Some("True"),
-    )
-    .await;
+    let (created, _) = until_available(&sets, &lws, "gated").await;
     let first = created.status.unwrap().update_revision.unwrap();
 
     set_image(&sets, "gated", "vllm/vllm-openai:v0.12.0").await;
@@ -488,7 +475,7 @@ async fn a_gate_holds_each_step_until_approved() {
         "rollout complete",
         |_| {},
         |s, k| {
-            condition(s, "Available").as_deref() == Some("True")
+            available(s)
                 && condition(s, "RolloutHeld").as_deref() == Some("False")
                 && state_of(k, &revision)
                     == State::from([("decode".into(), (0, 4)), ("prefill".into(), (0, 2))])
@@ -541,15 +528,7 @@ async fn a_failing_plugin_blocks_under_fail_and_is_skipped_under_ignore() {
     );
 
     // Ignore: the plugin is skipped and the set comes up whole; the failure is a Warning Event.
-    let (_, kids) = watch_until(
-        &sets,
-        &lws,
-        "lenient",
-        "Available despite the plugin",
-        |_| {},
-        |s, _| condition(s, "Available").as_deref() == Some("True"),
-    )
-    .await;
+    let (_, kids) = until_available(&sets, &lws, "lenient").await;
     assert_eq!(kids.len(), 2);
 
     // Both failures are Warning Events on their sets.
@@ -677,7 +656,7 @@ async fn settle(
         },
         |s, k| {
             let rev = revision_of(s);
-            condition(s, "Available").as_deref() == Some("True")
+            available(s)
                 && rev != not
                 && s.metadata.generation == s.status.as_ref().and_then(|st| st.observed_generation)
                 && revisions(k) == std::collections::BTreeSet::from([rev])
@@ -699,15 +678,7 @@ async fn three_roles_external_scaling_a_b_c_rollback_and_role_removal() {
         serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/epd-3role.yaml")).unwrap())
             .unwrap();
     sets.create(&PostParams::default(), &set).await.unwrap();
-    let (a, kids) = watch_until(
-        &sets,
-        &lws,
-        "epd",
-        "Available",
-        |_| {},
-        |s, _| condition(s, "Available").as_deref() == Some("True"),
-    )
-    .await;
+    let (a, kids) = until_available(&sets, &lws, "epd").await;
     let rev_a = revision_of(&a);
     assert_eq!(
         state_of(&kids, &rev_a),
@@ -735,10 +706,7 @@ async fn three_roles_external_scaling_a_b_c_rollback_and_role_removal() {
         "epd",
         "decode follows its scaler",
         |_| {},
-        |s, k| {
-            condition(s, "Available").as_deref() == Some("True")
-                && state_of(k, &rev_a).get("decode") == Some(&(0, 8))
-        },
+        |s, k| available(s) && state_of(k, &rev_a).get("decode") == Some(&(0, 8)),
     )
     .await;
     // Its status follows the role's groups, for HPA.
@@ -768,14 +736,7 @@ async fn three_roles_external_scaling_a_b_c_rollback_and_role_removal() {
 
     // A template change on one role moves all three along the planner's schedule.
     let before = sets.get("epd").await.unwrap();
-    let image = |v: &str| {
-        Patch::Json::<()>(serde_json::from_value(json!([{"op": "replace",
-            "path": "/spec/roles/0/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/image",
-            "value": format!("vllm/vllm-openai:{v}")}])).unwrap())
-    };
-    sets.patch("epd", &PatchParams::default(), &image("v0.12.0"))
-        .await
-        .unwrap();
+    set_image(&sets, "epd", "vllm/vllm-openai:v0.12.0").await;
     let after = sets.get("epd").await.unwrap();
     let external = BTreeMap::from([("decode".to_string(), 8)]);
     let schedule = planned_with(&before, &after, &external);
@@ -801,20 +762,14 @@ async fn three_roles_external_scaling_a_b_c_rollback_and_role_removal() {
             );
             seen += 1;
         },
-        |s, k| {
-            condition(s, "Available").as_deref() == Some("True")
-                && revision_of(s) != rev_a
-                && revisions(k).len() == 1
-        },
+        |s, k| available(s) && revision_of(s) != rev_a && revisions(k).len() == 1,
     )
     .await;
     assert!(seen > 0);
     let rev_b = revision_of(&b);
 
     // A→B→C: C arrives while B is rolling out; B (the newest old) drains first.
-    sets.patch("epd", &PatchParams::default(), &image("v0.13.0"))
-        .await
-        .unwrap();
+    set_image(&sets, "epd", "vllm/vllm-openai:v0.13.0").await;
     watch_until(
         &sets,
         &lws,
@@ -824,16 +779,12 @@ async fn three_roles_external_scaling_a_b_c_rollback_and_role_removal() {
         |s, k| revision_of(s) != rev_b && revisions(k).len() > 1,
     )
     .await;
-    sets.patch("epd", &PatchParams::default(), &image("v0.14.0"))
-        .await
-        .unwrap();
+    set_image(&sets, "epd", "vllm/vllm-openai:v0.14.0").await;
     let (c, _) = settle(&sets, &lws, "epd", &rev_b, &bound).await;
     let rev_c = revision_of(&c);
 
     // Rollback: the first template again is revision A again.
-    sets.patch("epd", &PatchParams::default(), &image("v0.11.0"))
-        .await
-        .unwrap();
+    set_image(&sets, "epd", "vllm/vllm-openai:v0.11.0").await;
     let (back, _) = settle(&sets, &lws, "epd", &rev_c, &bound).await;
     assert_eq!(revision_of(&back), rev_a);
 
@@ -885,15 +836,7 @@ async fn a_standby_takes_over_when_the_leader_dies_mid_rollout() {
     sets.create(&PostParams::default(), &example("ha", json!([])))
         .await
         .unwrap();
-    let (first, _) = watch_until(
-        &sets,
-        &lws,
-        "ha",
-        "Available",
-        |_| {},
-        |s, _| condition(s, "Available").as_deref() == Some("True"),
-    )
-    .await;
+    let (first, _) = until_available(&sets, &lws, "ha").await;
     let holder = |l: &Lease| {
         l.spec
             .as_ref()
@@ -937,15 +880,7 @@ async fn pause_resume_role_add_and_rename() {
     sets.create(&PostParams::default(), &example("roles", json!([])))
         .await
         .unwrap();
-    let (first, _) = watch_until(
-        &sets,
-        &lws,
-        "roles",
-        "Available",
-        |_| {},
-        |s, _| condition(s, "Available").as_deref() == Some("True"),
-    )
-    .await;
+    let (first, _) = until_available(&sets, &lws, "roles").await;
     let rev_a = revision_of(&first);
     let replicas = |prefill: i32, decode: i32| {
         Patch::Json::<()>(
@@ -983,7 +918,7 @@ async fn pause_resume_role_add_and_rename() {
         "resumed",
         |_| {},
         |s, k| {
-            condition(s, "Available").as_deref() == Some("True")
+            available(s)
                 && state_of(k, &rev_a)
                     == State::from([("decode".into(), (0, 4)), ("prefill".into(), (0, 2))])
         },

@@ -10,7 +10,7 @@ use crate::api::scaler::{DisaggregatedSetRoleScaler, DisaggregatedSetRoleScalerS
 use crate::api::set::{DisaggregatedSet, DisaggregatedSetStatus, PluginStatus};
 use crate::api::validate::Violation;
 use crate::core::execute::{Action, Child, Decision, SliceState, Target, decide, target_for};
-use crate::core::render::{owner_reference, render_child};
+use crate::core::render::{is_controlled_by, owner_reference, render_child};
 use crate::core::revision::revision;
 use crate::core::status::{self, Hold, Observation, conditions};
 use crate::plugin::bindings::{self, Failure};
@@ -39,8 +39,8 @@ struct Plan {
     target: Target,
     decision: Option<Decision>,
     hold: Option<(Hold, Duration)>,
-    /// Rendered children for the Create actions, by name; `Err` when a Fail
-    /// plugin refused to patch one.
+    /// Rendered children for the Create actions, by name (a child a Fail
+    /// plugin refused to patch is absent, and its role blocked).
     rendered: BTreeMap<String, LeaderWorkerSet>,
     /// Roles whose changes a Fail-policy failure stops.
     blocked_roles: Vec<String>,
@@ -90,7 +90,6 @@ async fn reconcile_inner(
     };
 
     // Act.
-    let mut acted = 0;
     if let Some(decision) = &plan.decision {
         let role_of: BTreeMap<&str, &str> = children
             .iter()
@@ -123,12 +122,11 @@ async fn reconcile_inner(
                 continue;
             }
             execute(set, ctx, &lws_api, &plan, action).await?;
-            acted += 1;
         }
     }
 
     // Report.
-    report(set, ctx, &plan, &children, acted).await?;
+    report(set, ctx, &plan, &children).await?;
     let rolling = plan
         .decision
         .as_ref()
@@ -180,17 +178,13 @@ async fn ensure_scalers(
                                   format!("created DisaggregatedSetRoleScaler {scaler_name} for External role {} at {} replicas", role.name, role.spec.replicas)).await;
                         created
                     }
+                    // Created meanwhile (by another reconcile of ours, or a user).
                     Err(kube::Error::Api(e)) if e.code == 409 => api.get(&scaler_name).await?,
                     Err(e) => return Err(e.into()),
                 }
             }
         };
-        let controlled = scaler
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && o.uid == uid);
+        let controlled = is_controlled_by(&scaler.metadata, &uid);
         let wanted = if controlled {
             scaler.spec.replicas
         } else {
@@ -220,13 +214,7 @@ async fn ensure_scalers(
     }
     for stale in existing.items.iter().filter(|s| {
         let role = s.labels().get(keys::ROLE).cloned().unwrap_or_default();
-        let controlled = s
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && o.uid == uid);
-        controlled
+        is_controlled_by(&s.metadata, &uid)
             && !set
                 .spec
                 .roles
@@ -234,13 +222,9 @@ async fn ensure_scalers(
                 .any(|r| r.is_external() && r.name == role)
     }) {
         let stale_name = stale.name_any();
-        match api.delete(&stale_name, &DeleteParams::background()).await {
-            Ok(_) => {
-                ctx.event(set, EventType::Normal, "DeletedScaler", "Scale",
-                          format!("deleted DisaggregatedSetRoleScaler {stale_name}: its role is no longer External")).await
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+        if existed(api.delete(&stale_name, &DeleteParams::background()).await)? {
+            ctx.event(set, EventType::Normal, "DeletedScaler", "Scale",
+                      format!("deleted DisaggregatedSetRoleScaler {stale_name}: its role is no longer External")).await
         }
     }
     Ok(replicas)
@@ -464,10 +448,8 @@ async fn execute(
         }
         Action::Scale { name, replicas } => {
             let patch = json!({"spec": {"replicas": replicas}});
-            match api.patch(name, &pp, &Patch::Merge(patch)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-                Err(e) => return Err(e.into()),
+            if !existed(api.patch(name, &pp, &Patch::Merge(patch)).await)? {
+                return Ok(());
             }
             ctx.metrics.step("scale");
             ctx.event(
@@ -481,17 +463,11 @@ async fn execute(
         }
         Action::SetInitialReplicas { name, value } => {
             let patch = json!({"metadata": {"annotations": {keys::INITIAL_REPLICAS: value.map(|v| v.to_string())}}});
-            match api.patch(name, &pp, &Patch::Merge(patch)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?;
         }
         Action::Delete { name } => {
-            match api.delete(name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-                Err(e) => return Err(e.into()),
+            if !existed(api.delete(name, &DeleteParams::background()).await)? {
+                return Ok(());
             }
             ctx.metrics.step("delete");
             ctx.event(
@@ -513,7 +489,6 @@ async fn report(
     ctx: &Context,
     plan: &Plan,
     children: &[Child],
-    acted: usize,
 ) -> Result<(), Error> {
     let previous = set.status.as_ref();
     let hold = plan.hold.as_ref().map(|(h, _)| h);
@@ -616,25 +591,31 @@ async fn report(
         .await;
     }
 
-    if !same_status(previous, &status) || acted > 0 && previous.is_none() {
+    if !same_status(previous, &status) {
         let body = json!({
             "apiVersion": DisaggregatedSet::api_version(&()),
             "kind": DisaggregatedSet::kind(&()),
             "metadata": {"name": set.name_any(), "namespace": set.namespace()},
             "status": status,
         });
-        match ctx
-            .client_sets(set)
-            .patch_status(&set.name_any(), &ctx.apply_params(), &Patch::Apply(body))
-            .await
-        {
-            Ok(_) => {}
-            // Deleted meanwhile: nothing left to report on.
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        // Deleted meanwhile: nothing left to report on.
+        existed(
+            ctx.client_sets(set)
+                .patch_status(&set.name_any(), &ctx.apply_params(), &Patch::Apply(body))
+                .await,
+        )?;
     }
     Ok(())
+}
+
+/// A write to an object that may have gone meanwhile: `Ok(false)` on 404
+/// (nothing left to do), the error otherwise.
+fn existed<T>(result: Result<T, kube::Error>) -> Result<bool, Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn has_false(status: &DisaggregatedSetStatus, type_: &str) -> bool {

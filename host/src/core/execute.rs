@@ -50,12 +50,7 @@ impl Child {
     pub fn from_lws(lws: &LeaderWorkerSet, set_uid: &str) -> Option<Child> {
         let labels = lws.metadata.labels.as_ref()?;
         let status = lws.status.clone().unwrap_or_default();
-        let owned = lws
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && o.uid == set_uid);
+        let owned = super::render::is_controlled_by(&lws.metadata, set_uid);
         Some(Child {
             name: lws.metadata.name.clone()?,
             slice: labels.get(keys::SLICE)?.parse().ok()?,

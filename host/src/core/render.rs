@@ -41,6 +41,14 @@ pub fn owner_reference(set: &DisaggregatedSet) -> OwnerReference {
     }
 }
 
+/// Whether the object with uid `owner_uid` is the controller of `meta`'s object.
+pub fn is_controlled_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == owner_uid)
+}
+
 /// The child LWS for one role of one slice at one revision, with `replicas` groups.
 pub fn render_child(
     set: &DisaggregatedSet,
