@@ -5,9 +5,9 @@
 
 use crate::api::keys;
 use crate::api::lws::LeaderWorkerSet;
-use crate::api::set::DisaggregatedSet;
+use crate::api::set::{DisaggregatedSet, PluginBinding};
 use crate::controller;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{CustomResourceExt, ResourceExt};
@@ -32,7 +32,20 @@ pub struct DevOptions {
     pub lws_crd: Option<PathBuf>,
     /// How long each simulated LWS group takes to become ready.
     pub group_delay: Duration,
+    /// Plugin bindings every set gets.
+    pub default_plugins: Vec<PluginBinding>,
 }
+
+/// The default bindings of `deploy/deployment.yaml`, so that `disagg dev`
+/// behaves as a deployed operator does (a test keeps the two equal).
+pub const DEFAULT_PLUGINS: &str = r#"[{"name": "role-profile"}]"#;
+
+/// The default plugins' ConfigMaps, as `deploy/` installs them.
+const PLUGIN_CONFIGMAPS: [&str; 3] = [
+    include_str!("../../deploy/plugins/role-profile.yaml"),
+    include_str!("../../deploy/plugins/ratio-scaler.yaml"),
+    include_str!("../../deploy/plugins/rollout-gate.yaml"),
+];
 
 /// Runs until `shutdown` completes.
 pub async fn run(
@@ -68,11 +81,15 @@ pub async fn run(
     .map_err(|e| e.to_string())?;
 
     install(&client, options.lws_crd.as_ref()).await?;
+    if options.plugin_dir.is_none() {
+        install_default_plugins(&client).await?;
+    }
     let operator = controller::Options {
         namespace: "lws-system".into(),
         plugin_dir: options.plugin_dir.clone(),
         probe_addr: "127.0.0.1:0".parse().expect("a valid address"),
         leader_election: None,
+        default_plugins: options.default_plugins.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(controller::run(client.clone(), operator, async {
@@ -124,6 +141,22 @@ async fn install(client: &kube::Client, lws_crd: Option<&PathBuf>) -> Result<(),
         .patch("lws-system", &pp, &Patch::Apply(&ns))
         .await
         .map_err(|e| format!("creating namespace lws-system: {e}"))?;
+    Ok(())
+}
+
+/// The default plugins' ConfigMaps, as `kubectl apply -k deploy/` creates them.
+async fn install_default_plugins(client: &kube::Client) -> Result<(), String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "lws-system");
+    for yaml in PLUGIN_CONFIGMAPS {
+        let cm: ConfigMap = serde_yaml_ng::from_str(yaml).expect("deploy/plugins holds ConfigMaps");
+        api.patch(
+            &cm.name_any(),
+            &PatchParams::apply("disagg-dev").force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .map_err(|e| format!("installing plugin ConfigMap {}: {e}", cm.name_any()))?;
+    }
     Ok(())
 }
 

@@ -85,6 +85,10 @@ struct RunArgs {
     /// How long the leader's Lease lasts without renewal; a standby takes over after it.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// Plugin bindings every set gets, as a YAML or JSON list in the shape of `spec.plugins`
+    /// (a set's own binding of the same name replaces a default; `roles: []` turns it off).
+    #[arg(long, env = "DISAGG_DEFAULT_PLUGINS", default_value = "[]")]
+    default_plugins: String,
 }
 
 #[derive(clap::Args)]
@@ -107,6 +111,9 @@ struct DevArgs {
     /// How long each simulated LWS group takes to become ready, in milliseconds.
     #[arg(long, default_value_t = 0)]
     group_delay_ms: u64,
+    /// Plugin bindings every set gets (as for `disagg run`); the default is deploy/'s.
+    #[arg(long, default_value = disagg::dev::DEFAULT_PLUGINS)]
+    default_plugins: String,
 }
 
 #[derive(Subcommand)]
@@ -147,6 +154,7 @@ fn run(args: RunArgs) -> ExitCode {
         };
         let client =
             kube::Client::try_from(config).map_err(|e| format!("cannot build a client: {e}"))?;
+        let default_plugins = bindings::parse_defaults(&args.default_plugins)?;
         let options = disagg::controller::Options {
             namespace: args.namespace,
             plugin_dir: args.plugin_dir,
@@ -162,6 +170,7 @@ fn run(args: RunArgs) -> ExitCode {
                 let duration = std::time::Duration::from_secs(args.lease_duration_seconds.max(1));
                 (identity, duration)
             }),
+            default_plugins,
         };
         disagg::controller::run(client, options, shutdown_signal()).await
     })
@@ -177,6 +186,13 @@ fn dev(args: DevArgs) -> ExitCode {
         plugin_dir: args.plugin_dir,
         lws_crd: args.lws_crd,
         group_delay: std::time::Duration::from_millis(args.group_delay_ms),
+        default_plugins: match bindings::parse_defaults(&args.default_plugins) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     block_on(disagg::dev::run(options, shutdown_signal()))
 }
@@ -326,7 +342,7 @@ fn render(file: &Path, from: Option<&Path>, plugin_args: &[String]) -> Result<St
             .map_err(|e| input_error(Path::new(path), e.to_string()))?;
         loaded.insert(name.to_string(), plugin);
     }
-    let (bound, mut failures) = bindings::resolve(&set, |n| loaded.get(n).cloned());
+    let (bound, mut failures) = bindings::resolve(&set.spec.plugins, |n| loaded.get(n).cloned());
     let mut warnings = String::new();
     if let Some(rt) = &runtime {
         let (violations, validate_failures) = bindings::validate(rt, &set, &bound);

@@ -140,6 +140,29 @@ fn the_manifests_match_the_kubernetes_schemas_and_our_policies() {
     );
     assert!(container["livenessProbe"].is_object() && container["readinessProbe"].is_object());
     assert!(container["resources"]["requests"]["cpu"].is_string());
+
+    // The default bindings parse, name shipped plugins, and are those `disagg dev` uses.
+    let defaults = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "DISAGG_DEFAULT_PLUGINS")
+        .expect("the Deployment sets DISAGG_DEFAULT_PLUGINS")["value"]
+        .as_str()
+        .unwrap();
+    let parsed = disagg::plugin::bindings::parse_defaults(defaults).unwrap();
+    assert_eq!(
+        parsed,
+        disagg::plugin::bindings::parse_defaults(disagg::dev::DEFAULT_PLUGINS).unwrap()
+    );
+    for b in &parsed {
+        assert!(
+            docs.iter()
+                .any(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == b.name.as_str()),
+            "default plugin {} has no ConfigMap in deploy/",
+            b.name
+        );
+    }
 }
 
 #[test]

@@ -983,3 +983,191 @@ async fn pause_resume_role_add_and_rename() {
         ])
     );
 }
+
+/// Writes a plugin ConfigMap (create or replace) with one binaryData key.
+async fn put_plugin(client: &kube::Client, name: &str, key: &str, bytes: Vec<u8>) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "lws-system", "labels": {keys::PLUGIN: "true"}},
+        "binaryData": {key: k8s_openapi::ByteString(bytes)},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), "lws-system")
+        .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&cm))
+        .await
+        .unwrap();
+}
+
+fn plugin_digest(set: &DisaggregatedSet, plugin: &str) -> Option<String> {
+    set.status
+        .as_ref()?
+        .plugins
+        .iter()
+        .find(|p| p.name == plugin)?
+        .digest
+        .clone()
+}
+
+fn condition_message(set: &DisaggregatedSet, type_: &str) -> String {
+    set.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_bindings_and_plugin_hot_swap() {
+    use disagg::plugin::Runtime;
+    let cluster = cluster("hotswap").await;
+    let v1 = std::fs::read(common::component("role-profile")).unwrap();
+    let v2 = common::with_custom_section(&v1, "build", b"v2");
+    let (d1, d2) = (Runtime::digest(&v1).unwrap(), Runtime::digest(&v2).unwrap());
+    put_plugin(&cluster.client, "role-profile", "plugin.wasm", v1.clone()).await;
+    let _operator = start_operator_with(
+        &cluster,
+        &["--default-plugins", r#"[{"name": "role-profile"}]"#],
+    );
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let bound = BTreeMap::from([("prefill".to_string(), 3), ("decode".to_string(), 5)]);
+
+    // "plain" binds nothing and gets the default; "tuned" replaces it with its own binding.
+    let tuned_binding = json!([{"name": "role-profile",
+        "config": {"roles": {"decode": {"env": {"TUNED": "yes"}}}}}]);
+    sets.create(&PostParams::default(), &example("plain", json!([])))
+        .await
+        .unwrap();
+    sets.create(&PostParams::default(), &example("tuned", tuned_binding))
+        .await
+        .unwrap();
+    let (plain, _) = until_available(&sets, &lws, "plain").await;
+    let (_, tuned_kids) = until_available(&sets, &lws, "tuned").await;
+    assert_eq!(plugin_digest(&plain, "role-profile"), Some(d1.clone()));
+    let env_of = |k: &LeaderWorkerSet| {
+        serde_json::to_value(&k.spec.leader_worker_template.worker_template).unwrap()["spec"]
+            ["containers"][0]["env"]
+            .to_string()
+    };
+    for k in &tuned_kids {
+        let role = k.metadata.labels.clone().unwrap()[keys::ROLE].clone();
+        assert_eq!(env_of(k).contains("TUNED"), role == "decode", "{role}");
+    }
+    let mut revision = BTreeMap::new();
+    for name in ["plain", "tuned"] {
+        revision.insert(name, revision_of(&sets.get(name).await.unwrap()));
+    }
+
+    // A new build of a template-patching plugin rolls out every set bound to it.
+    put_plugin(&cluster.client, "role-profile", "plugin.wasm", v2.clone()).await;
+    for name in ["plain", "tuned"] {
+        let (set, _) = settle(&sets, &lws, name, &revision[name], &bound).await;
+        assert_eq!(plugin_digest(&set, "role-profile"), Some(d2.clone()));
+        revision.insert(name, revision_of(&set));
+    }
+
+    // A broken component is refused: the last good one stays in use (no rollout),
+    // the ConfigMap gets a Warning Event, and the sets say why in PluginsReady.
+    put_plugin(
+        &cluster.client,
+        "role-profile",
+        "plugin.wasm",
+        b"not a component".to_vec(),
+    )
+    .await;
+    for name in ["plain", "tuned"] {
+        let (set, _) = watch_until(
+            &sets,
+            &lws,
+            name,
+            "PluginsReady=False",
+            |_| {},
+            |s, _| condition(s, "PluginsReady").as_deref() == Some("False"),
+        )
+        .await;
+        let message = condition_message(&set, "PluginsReady");
+        assert!(
+            message.contains("refused") && message.contains(&d2),
+            "{message}"
+        );
+        assert_eq!(plugin_digest(&set, "role-profile"), Some(d2.clone()));
+        assert_eq!(revision_of(&set), revision[name]);
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.client.clone(), "lws-system");
+    let refused = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("PluginRefused"))
+        .expect("a PluginRefused Event");
+    assert_eq!(
+        refused.regarding.and_then(|r| r.name).as_deref(),
+        Some("role-profile")
+    );
+
+    // A digest pin runs only that component: pinned to v1 while v2 is in use, nothing is created.
+    let pinned = json!([{"name": "role-profile", "digest": d1}]);
+    sets.create(&PostParams::default(), &example("pinned", pinned))
+        .await
+        .unwrap();
+    let (set, kids) = watch_until(
+        &sets,
+        &lws,
+        "pinned",
+        "pin mismatch reported",
+        |_| {},
+        |s, _| condition_message(s, "PluginsReady").contains("pinned"),
+    )
+    .await;
+    assert!(
+        kids.is_empty(),
+        "a set whose pin does not match creates nothing"
+    );
+    assert_eq!(condition(&set, "PluginsReady").as_deref(), Some("False"));
+
+    // A gzip-compressed v1 loads (its digest is that of the component): the pin
+    // matches, the others roll back to v1, and every set is ready again.
+    put_plugin(
+        &cluster.client,
+        "role-profile",
+        "plugin.wasm.gz",
+        common::gzip(&v1),
+    )
+    .await;
+    until_available(&sets, &lws, "pinned").await;
+    for name in ["plain", "tuned"] {
+        let (set, _) = settle(&sets, &lws, name, &revision[name], &bound).await;
+        assert_eq!(plugin_digest(&set, "role-profile"), Some(d1.clone()));
+        assert_eq!(condition(&set, "PluginsReady").as_deref(), Some("True"));
+    }
+
+    // A deleted plugin is reported on the sets that need it, and their children stay as they are.
+    let before = children(&lws, "plain").await;
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(cluster.client.clone(), "lws-system")
+        .delete("role-profile", &DeleteParams::default())
+        .await
+        .unwrap();
+    for name in ["plain", "tuned", "pinned"] {
+        let (set, _) = watch_until(
+            &sets,
+            &lws,
+            name,
+            "PluginMissing reported",
+            |_| {},
+            |s, _| condition_message(s, "PluginsReady").contains("not found"),
+        )
+        .await;
+        assert_eq!(condition(&set, "PluginsReady").as_deref(), Some("False"));
+    }
+    let after = children(&lws, "plain").await;
+    let names = |k: &[LeaderWorkerSet]| -> Vec<(Option<String>, i32)> {
+        k.iter()
+            .map(|c| (c.metadata.name.clone(), c.spec.replicas))
+            .collect()
+    };
+    assert_eq!(names(&after), names(&before));
+}

@@ -4,7 +4,7 @@
 //! `Valid=False` instead of acted upon. Every message names the field.
 
 use super::lws::RollingUpdateConfiguration;
-use super::set::{DisaggregatedSet, PlacementType};
+use super::set::{DisaggregatedSet, PlacementType, PluginBinding};
 use crate::core::plan::Budget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeSet;
@@ -162,41 +162,11 @@ pub fn validate(set: &DisaggregatedSet) -> Vec<Violation> {
     }
 
     let role_names: BTreeSet<&str> = spec.roles.iter().map(|r| r.name.as_str()).collect();
-    let mut plugin_names = BTreeSet::new();
-    for (i, binding) in spec.plugins.iter().enumerate() {
-        let at = format!("spec.plugins[{i}]");
-        if !is_dns1123_subdomain(&binding.name) {
-            out.push(violation(
-                format!("{at}.name"),
-                format!(
-                    "{:?} must be a ConfigMap name (DNS subdomain)",
-                    binding.name
-                ),
-            ));
-        }
-        if !plugin_names.insert(binding.name.as_str()) {
-            out.push(violation(
-                format!("{at}.name"),
-                format!("plugin {:?} is bound twice", binding.name),
-            ));
-        }
-        for (j, role) in binding.roles.iter().flatten().enumerate() {
-            if !role_names.contains(role.as_str()) {
-                out.push(violation(
-                    format!("{at}.roles[{j}]"),
-                    format!("no role named {role:?} in spec.roles"),
-                ));
-            }
-        }
-        if let Some(d) = &binding.digest
-            && !is_sha256_digest(d)
-        {
-            out.push(violation(
-                format!("{at}.digest"),
-                format!("{d:?} must look like sha256:<64 lowercase hex digits>"),
-            ));
-        }
-    }
+    out.extend(plugin_bindings(
+        &spec.plugins,
+        "spec.plugins",
+        Some(&role_names),
+    ));
     if let Some(s) = spec.progress_deadline_seconds
         && s < 1
     {
@@ -280,6 +250,55 @@ pub fn is_dns1035_label(s: &str) -> bool {
 }
 
 /// A DNS-1123 subdomain: dot-separated labels, ≤ 253.
+/// Checks a list of plugin bindings: a set's `spec.plugins` (with its role
+/// names) or the operator's default bindings (`roles` unchecked: a default
+/// naming a role a set lacks simply does not apply to it).
+pub fn plugin_bindings(
+    bindings: &[PluginBinding],
+    at: &str,
+    role_names: Option<&BTreeSet<&str>>,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut plugin_names = BTreeSet::new();
+    for (i, binding) in bindings.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        if !is_dns1123_subdomain(&binding.name) {
+            out.push(violation(
+                format!("{at}.name"),
+                format!(
+                    "{:?} must be a ConfigMap name (DNS subdomain)",
+                    binding.name
+                ),
+            ));
+        }
+        if !plugin_names.insert(binding.name.as_str()) {
+            out.push(violation(
+                format!("{at}.name"),
+                format!("plugin {:?} is bound twice", binding.name),
+            ));
+        }
+        if let Some(role_names) = role_names {
+            for (j, role) in binding.roles.iter().flatten().enumerate() {
+                if !role_names.contains(role.as_str()) {
+                    out.push(violation(
+                        format!("{at}.roles[{j}]"),
+                        format!("no role named {role:?} in spec.roles"),
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &binding.digest
+            && !is_sha256_digest(d)
+        {
+            out.push(violation(
+                format!("{at}.digest"),
+                format!("{d:?} must look like sha256:<64 lowercase hex digits>"),
+            ));
+        }
+    }
+    out
+}
+
 pub fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }

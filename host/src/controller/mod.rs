@@ -8,8 +8,8 @@
 //! * [`metrics`]: Prometheus metrics; `/healthz`, `/readyz` and `/metrics` are served together.
 //! * [`leader`]: leader election on a Lease, so that two replicas can run.
 //!
-//! Not built yet (issue #5): plugin call metrics by hook, and binding default
-//! plugins to every set.
+//! Default plugin bindings (`--default-plugins`) are merged into every set's
+//! own by [`crate::plugin::bindings::effective`].
 
 pub mod leader;
 pub mod metrics;
@@ -19,7 +19,7 @@ pub mod reconcile;
 use crate::api::keys;
 use crate::api::lws::LeaderWorkerSet;
 use crate::api::scaler::DisaggregatedSetRoleScaler;
-use crate::api::set::DisaggregatedSet;
+use crate::api::set::{DisaggregatedSet, PluginBinding};
 use crate::plugin::{Limits, Runtime};
 use futures::StreamExt;
 use kube::api::{Api, PatchParams};
@@ -62,6 +62,8 @@ pub struct Context {
     pub plugins: Arc<plugins::Registry>,
     pub recorder: Recorder,
     pub metrics: Arc<metrics::Metrics>,
+    /// Bindings every set gets unless it binds the same plugin itself (DESIGN §6.3).
+    pub default_plugins: Vec<PluginBinding>,
 }
 
 impl Context {
@@ -115,6 +117,8 @@ pub struct Options {
     pub probe_addr: SocketAddr,
     /// Leader election: this replica's identity and the Lease duration (None: lead alone).
     pub leader_election: Option<(String, Duration)>,
+    /// Plugin bindings for every set (a set's own binding of the same name wins).
+    pub default_plugins: Vec<PluginBinding>,
 }
 
 /// Runs the operator until `shutdown` completes; in-flight reconciles finish first.
@@ -177,6 +181,7 @@ pub async fn run(
         plugins: registry,
         recorder,
         metrics,
+        default_plugins: options.default_plugins,
     });
     let wake = futures::stream::unfold(
         wake,

@@ -88,16 +88,19 @@ impl Registry {
                 let _ = self.changed.send(());
                 Update::Swapped
             }
-            Err(e) => {
-                let message = e.to_string();
-                self.errors
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.to_string(), message.clone());
-                let _ = self.changed.send(());
-                Update::Refused(message)
-            }
+            Err(e) => self.refuse(name, e.to_string()),
         }
+    }
+
+    /// Records why the newest component of `name` cannot be used; the last
+    /// good one stays in use, and the sets bound to it report the reason.
+    pub fn refuse(&self, name: &str, message: String) -> Update {
+        self.errors
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), message.clone());
+        let _ = self.changed.send(());
+        Update::Refused(message)
     }
 
     pub fn remove(&self, name: &str) {
@@ -192,17 +195,16 @@ impl DirectoryFollower {
             }
             self.seen.insert(name.clone(), stamp);
             let registry = self.registry.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
-                std::fs::read(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))
-                    .map(|bytes| registry.update(&name, &bytes))
+            let outcome = tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+                Ok(bytes) => registry.update(&name, &bytes),
+                Err(e) => registry.refuse(&name, format!("{}: {e}", path.display())),
             })
             .await;
             match outcome {
-                Ok(Ok(Update::Refused(e))) | Ok(Err(e)) => {
+                Ok(Update::Refused(e)) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "plugin refused; the last good version stays in use")
                 }
-                Ok(Ok(u)) => tracing::info!(dir = %dir.display(), ?u, "plugin file checked"),
+                Ok(u) => tracing::info!(dir = %dir.display(), ?u, "plugin file checked"),
                 Err(e) => tracing::error!(error = %e, "plugin load task failed"),
             }
         }
@@ -281,7 +283,7 @@ async fn load_configmap(
     use kube::Resource;
     let name = kube::ResourceExt::name_any(&cm);
     let outcome = match component_of(&cm) {
-        Err(e) => Update::Refused(e),
+        Err(e) => registry.refuse(&name, e),
         Ok(bytes) => {
             let (registry, name) = (registry.clone(), name.clone());
             tokio::task::spawn_blocking(move || registry.update(&name, &bytes))

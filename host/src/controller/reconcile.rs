@@ -35,6 +35,9 @@ const STEADY_RECHECK: Duration = Duration::from_secs(300);
 struct Plan {
     violations: Vec<Violation>,
     failures: Vec<Failure>,
+    /// Bound plugins whose newest component was refused (the last good one
+    /// runs): reported in PluginsReady, changes nothing.
+    refused: Vec<String>,
     plugins: Vec<PluginStatus>,
     target: Target,
     decision: Option<Decision>,
@@ -238,7 +241,8 @@ fn plan(
     scalers: &BTreeMap<String, i32>,
 ) -> Plan {
     let rt = ctx.plugins.runtime();
-    let (bound, mut failures) = bindings::resolve(set, |n| ctx.plugins.get(n));
+    let effective = bindings::effective(&ctx.default_plugins, &set.spec.plugins);
+    let (bound, mut failures) = bindings::resolve(&effective, |n| ctx.plugins.get(n));
     let mut violations = crate::api::validate::validate(set);
     if violations.is_empty() {
         let (v, f) = bindings::validate(rt, set, &bound);
@@ -250,9 +254,7 @@ fn plan(
     let mut target = target_for(set, &rev, |r| {
         scalers.get(&r.name).copied().unwrap_or(r.spec.replicas)
     });
-    let plugins = set
-        .spec
-        .plugins
+    let plugins = effective
         .iter()
         .map(|b| PluginStatus {
             name: b.name.clone(),
@@ -265,10 +267,24 @@ fn plan(
             }),
         })
         .collect();
+    let refused: Vec<String> = effective
+        .iter()
+        .filter_map(|b| {
+            let error = ctx.plugins.error(&b.name)?;
+            Some(match ctx.plugins.get(&b.name) {
+                Some(good) => format!(
+                    "{}: the newest component was refused ({error}); {} stays in use",
+                    b.name, good.digest
+                ),
+                None => format!("{}: the component was refused ({error})", b.name),
+            })
+        })
+        .collect();
     if !violations.is_empty() {
         return Plan {
             violations,
             failures,
+            refused,
             plugins,
             target,
             decision: None,
@@ -406,6 +422,7 @@ fn plan(
     Plan {
         violations,
         failures,
+        refused,
         plugins,
         target,
         decision: Some(decision),
@@ -512,6 +529,7 @@ async fn report(
             Some(r) => format!("{} (role {r}, {:?}): {}", f.plugin, f.policy, f.message),
             None => format!("{} ({:?}): {}", f.plugin, f.policy, f.message),
         })
+        .chain(plan.refused.iter().cloned())
         .collect();
     let plugins_ready = status::condition(
         previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]),
@@ -519,6 +537,8 @@ async fn report(
         failing.is_empty(),
         if failing.is_empty() {
             "PluginsLoaded"
+        } else if plan.failures.is_empty() {
+            "PluginRefused"
         } else {
             "PluginFailed"
         },

@@ -65,15 +65,42 @@ impl Failure {
     }
 }
 
-/// Resolves `spec.plugins` against the loaded plugins. A binding whose plugin
+/// The bindings a set runs with (DESIGN §6.3): the operator's default
+/// bindings first, except those the set binds itself (by name), then the set's
+/// own in its order, so the set's patches apply last. A set turns a default
+/// off by binding it with `roles: []`.
+pub fn effective(defaults: &[PluginBinding], own: &[PluginBinding]) -> Vec<PluginBinding> {
+    defaults
+        .iter()
+        .filter(|d| own.iter().all(|b| b.name != d.name))
+        .chain(own)
+        .cloned()
+        .collect()
+}
+
+/// Parses the operator's default bindings (`--default-plugins`): a YAML or
+/// JSON list shaped like `spec.plugins`, checked as a set's bindings are.
+pub fn parse_defaults(text: &str) -> Result<Vec<PluginBinding>, String> {
+    let list: Vec<PluginBinding> = serde_yaml_ng::from_str(text)
+        .map_err(|e| format!("--default-plugins: not a list of plugin bindings: {e}"))?;
+    let problems = crate::api::validate::plugin_bindings(&list, "--default-plugins", None);
+    if problems.is_empty() {
+        Ok(list)
+    } else {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        Err(list.join("; "))
+    }
+}
+
+/// Resolves bindings against the loaded plugins. A binding whose plugin
 /// is missing, or whose digest pin does not match, is a failure.
 pub fn resolve(
-    set: &DisaggregatedSet,
+    bindings: &[PluginBinding],
     lookup: impl Fn(&str) -> Option<Arc<LoadedPlugin>>,
 ) -> (Vec<Bound>, Vec<Failure>) {
     let mut bound = Vec::new();
     let mut failures = Vec::new();
-    for b in &set.spec.plugins {
+    for b in bindings {
         let fail = |reason: &'static str, message: String| Failure {
             plugin: b.name.clone(),
             policy: b.failure_policy,
@@ -270,4 +297,55 @@ pub fn gate(
         }
     }
     (None, failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(name: &str, roles: Option<&[&str]>) -> PluginBinding {
+        PluginBinding {
+            name: name.into(),
+            config: None,
+            roles: roles.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            failure_policy: FailurePolicy::Fail,
+            digest: None,
+        }
+    }
+
+    #[test]
+    fn a_sets_own_binding_replaces_the_default_of_the_same_name() {
+        let defaults = [binding("role-profile", None), binding("gate", None)];
+        let own = [binding("scaler", None), binding("gate", Some(&[]))];
+        let names: Vec<String> = effective(&defaults, &own)
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        // Defaults first (so the set's own patches apply last), the overridden one dropped.
+        assert_eq!(names, ["role-profile", "scaler", "gate"]);
+        assert_eq!(effective(&defaults, &own)[2].roles, Some(vec![]));
+        assert_eq!(effective(&[], &own), own.to_vec());
+    }
+
+    #[test]
+    fn default_bindings_parse_from_yaml_or_json_and_are_checked() {
+        let parsed = parse_defaults(r#"[{"name": "role-profile"}]"#).unwrap();
+        assert_eq!(parsed, [binding("role-profile", None)]);
+        let parsed =
+            parse_defaults("- name: gate\n  roles: [decode]\n  failurePolicy: Ignore\n").unwrap();
+        assert_eq!(parsed[0].failure_policy, FailurePolicy::Ignore);
+        assert_eq!(parse_defaults("[]").unwrap(), []);
+
+        let err = parse_defaults("{name: x}").unwrap_err();
+        assert!(err.contains("--default-plugins: not a list"), "{err}");
+        let err = parse_defaults(r#"[{"name": "a"}, {"name": "a"}]"#).unwrap_err();
+        assert!(
+            err.contains("--default-plugins[1].name") && err.contains("bound twice"),
+            "{err}"
+        );
+        let err = parse_defaults(r#"[{"name": "Bad_Name"}]"#).unwrap_err();
+        assert!(err.contains("--default-plugins[0].name"), "{err}");
+        let err = parse_defaults(r#"[{"name": "a", "digest": "md5:1"}]"#).unwrap_err();
+        assert!(err.contains("--default-plugins[0].digest"), "{err}");
+    }
 }
