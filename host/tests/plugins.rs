@@ -676,10 +676,10 @@ fn a_digest_pin_only_ever_runs_that_component() {
     let mut set = disagg::input::load_set(&repo("examples/vllm-pd-plugins.yaml")).unwrap();
     set.spec.plugins.retain(|b| b.name == "rollout-gate");
     set.spec.plugins[0].digest = Some(gate.digest.clone());
-    let (bound, failures) = resolve(&set, |_| Some(gate.clone()));
+    let (bound, failures) = resolve(&set.spec.plugins, |_| Some(gate.clone()));
     assert_eq!((bound.len(), failures.len()), (1, 0));
     set.spec.plugins[0].digest = Some(format!("sha256:{}", "0".repeat(64)));
-    let (bound, failures) = resolve(&set, |_| Some(gate.clone()));
+    let (bound, failures) = resolve(&set.spec.plugins, |_| Some(gate.clone()));
     assert!(bound.is_empty());
     assert_eq!(failures[0].reason, "PluginDigestMismatch");
     assert!(failures[0].message.contains(&gate.digest));
