@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// The Lease the operator's replicas share.
 pub const LEASE_NAME: &str = "disaggregatedset-operator";
+/// How soon a failed renewal is tried again.
+const RETRY: Duration = Duration::from_millis(200);
 
 pub struct Elector {
     api: Api<Lease>,
@@ -65,15 +67,25 @@ impl Elector {
     /// then returns (leadership is lost).
     pub async fn keep(&self) {
         let mut last_renewed = tokio::time::Instant::now();
+        let mut failed = false;
         loop {
-            tokio::time::sleep(self.duration / 3).await;
+            // After a failed renewal, try again soon: the Lease must be renewed
+            // within two thirds of its duration or leadership is given up.
+            let pause = if failed { RETRY } else { self.duration / 3 };
+            tokio::time::sleep(pause.min(self.duration / 3)).await;
             match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(true) => {
+                    last_renewed = tokio::time::Instant::now();
+                    failed = false;
+                }
                 Ok(false) => {
                     tracing::error!(identity = %self.identity, "leader election: another replica holds the Lease");
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "leader election: renewing the Lease failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: renewing the Lease failed");
+                    failed = true;
+                }
             }
             if last_renewed.elapsed() > self.duration * 2 / 3 {
                 tracing::error!(identity = %self.identity, "leader election: could not renew the Lease in time");
@@ -151,7 +163,10 @@ impl Elector {
             .await
         {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            // Taking over: someone else wrote first, and holds it.
+            Err(kube::Error::Api(e)) if e.code == 409 && !mine => Ok(false),
+            // Renewing: the Lease changed since it was read; read it again
+            // before concluding anything (it may still be ours).
             Err(e) => Err(e),
         }
     }

@@ -92,9 +92,16 @@ pub fn spawn(store: Arc<Store>, controls: LwsSimControls) -> tokio::task::JoinHa
         let mut state: HashMap<(String, String), Groups> = HashMap::new();
         // Pick up what exists already.
         let mut dirty: Vec<(String, String)> = list_all(&store);
+        let mut checked = Instant::now();
         loop {
             let now = Instant::now();
             let config = controls.get();
+            // Every group that became ready since the last pass, whatever woke
+            // us (an event can win the race against the timer).
+            dirty.extend(due(&state, config.group_delay, checked, now));
+            checked = now;
+            dirty.sort();
+            dirty.dedup();
             for key in dirty.drain(..) {
                 sync(&store, &mut state, &key, &config, now);
             }
@@ -119,9 +126,7 @@ pub fn spawn(store: Arc<Store>, controls: LwsSimControls) -> tokio::task::JoinHa
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => dirty = list_all(&store),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
-                _ = tokio::time::sleep_until(wake) => {
-                    dirty = due(&state, config.group_delay, now, wake);
-                }
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = changes.changed() => dirty = list_all(&store),
             }
         }

@@ -318,3 +318,71 @@ async fn the_lws_simulator_makes_status_follow_spec() {
     });
     wait_for(&api, &name, "half held", |s| s.ready_replicas == 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_become_ready_while_other_lws_keep_changing() {
+    // Regression: an event for another LWS arriving as a group fell due used
+    // to win the race against the simulator's timer, and the group stayed unready.
+    let sim = Sim::new(Arc::new(Store::default()));
+    sim.lws.set(kube_sim::lws_sim::LwsSimConfig {
+        group_delay: std::time::Duration::from_millis(20),
+        unready_fraction: 0.0,
+    });
+    kube_sim::lws_sim::spawn(sim.store.clone(), sim.lws.clone());
+    let client = start_with(sim.clone()).await;
+    install(
+        &client,
+        shared("upstream/leaderworkerset.x-k8s.io_leaderworkersets.yaml"),
+    )
+    .await;
+    install(&client, repo("deploy/crds/disaggregatedset.x-k8s.io.yaml")).await;
+    let set: DisaggregatedSet =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
+            .unwrap();
+    let api: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
+    let standalone = |role: usize, revision: &str| {
+        let mut lws =
+            disagg::core::render::render_child(&set, &set.spec.roles[role], 0, revision, 1);
+        lws.metadata.owner_references = None;
+        lws
+    };
+    let busy = standalone(1, "busy0000");
+    api.create(&PostParams::default(), &busy).await.unwrap();
+    let busy_name = busy.metadata.name.clone().unwrap();
+    let churn = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let patch = json!({"metadata": {"annotations": {"churn": i.to_string()}}});
+                let _ = api
+                    .patch(
+                        &busy_name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(patch),
+                    )
+                    .await;
+            }
+        })
+    };
+    // Several LWS scaled one group at a time, each group falling due amid the churn.
+    for round in 0..5 {
+        let lws = standalone(0, &format!("round{round:03}"));
+        let name = lws.metadata.name.clone().unwrap();
+        api.create(&PostParams::default(), &lws).await.unwrap();
+        for replicas in 2..=4 {
+            wait_for(&api, &name, "all groups ready", |s| {
+                s.ready_replicas == replicas - 1
+            })
+            .await;
+            api.patch_scale(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .unwrap();
+        }
+        wait_for(&api, &name, "4 groups ready", |s| s.ready_replicas == 4).await;
+    }
+    churn.abort();
+}

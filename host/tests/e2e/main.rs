@@ -1,0 +1,10 @@
+//! End to end: the `disagg` binary, unmodified, runs as its own process
+//! against the in-memory cluster (kube-sim, with its LWS simulator), and is
+//! observed through the API only. One test binary, one module per theme.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod faults;
+mod harness;
+mod plugins;
+mod rollouts;
