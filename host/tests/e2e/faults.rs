@@ -67,15 +67,39 @@ struct Scene {
     cluster: Cluster,
     operators: tokio::sync::Mutex<Vec<Operator>>,
     seed: u64,
+    /// Exit statuses of operators that stopped on their own.
+    exits: std::sync::Mutex<Vec<std::process::ExitStatus>>,
 }
 
 impl Scene {
+    /// What a Deployment does: an operator that exits (it does so when it
+    /// loses its Lease, e.g. when renewals fail through a burst of 429s) is
+    /// started again. Its exit status is kept, to check it was not a crash.
+    async fn supervise(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut operators = self.operators.lock().await;
+            let before = operators.len();
+            operators.retain_mut(|o| match o.0.try_wait() {
+                Ok(Some(status)) => {
+                    self.exits.lock().unwrap().push(status);
+                    false
+                }
+                _ => true,
+            });
+            for _ in operators.len()..before {
+                operators.push(start_operator_with(&self.cluster, &OPERATOR_ARGS));
+            }
+        }
+    }
+
     fn rng(&self) -> Rng {
         Rng(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
+    /// Switches faults; the failure draws continue from the scenario's seed.
     fn faults(&self, write_failure: Option<(f64, u16)>, latency: Duration) {
-        self.cluster.sim.faults.set(FaultConfig {
+        self.cluster.sim.faults.switch(FaultConfig {
             write_failure,
             latency,
             seed: self.seed,
@@ -134,18 +158,31 @@ where
             cluster: cluster(&format!("{test}-{seed}")).await,
             operators: Default::default(),
             seed,
+            exits: Default::default(),
         });
         for _ in 0..operators {
             scene.start_operator().await;
         }
+        scene.cluster.sim.faults.set(FaultConfig {
+            seed,
+            ..FaultConfig::default()
+        });
+        let supervisor = tokio::spawn(scene.clone().supervise());
         let started = Instant::now();
         let outcome = tokio::spawn(roll_out(scene.clone(), disturb(scene.clone()))).await;
+        supervisor.abort();
         if let Err(e) = outcome {
             panic!(
                 "{test} failed with DISAGG_FAULT_SEED={seed} after {:?}: {e}",
                 started.elapsed()
             );
         }
+        // Exit code 1 is the Lease given up; a panic (101) or anything else is a crash.
+        let exits = scene.exits.lock().unwrap().clone();
+        assert!(
+            exits.iter().all(|s| s.code() == Some(1)),
+            "{test} (DISAGG_FAULT_SEED={seed}): an operator crashed: {exits:?}"
+        );
     }
 }
 

@@ -64,9 +64,18 @@ impl Default for Faults {
 }
 
 impl Faults {
+    /// Replaces the configuration and restarts the failure draws from its seed:
+    /// the same seed gives the same failures.
     pub fn set(&self, config: FaultConfig) {
         let seed = config.seed.max(1);
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = (config, seed);
+    }
+
+    /// Replaces the configuration but continues the draws (its seed is not
+    /// used): for switching faults on and off within one run, where
+    /// restarting would replay the same first draws after every switch.
+    pub fn switch(&self, config: FaultConfig) {
+        self.config.lock().unwrap_or_else(|p| p.into_inner()).0 = config;
     }
 
     pub fn latency(&self) -> Duration {
