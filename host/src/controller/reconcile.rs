@@ -129,14 +129,18 @@ async fn reconcile_inner(
     }
 
     // Report.
-    report(set, ctx, &plan, &children).await?;
+    let (status, now) = report(set, ctx, &plan, &children).await?;
     let rolling = plan
         .decision
         .as_ref()
         .is_some_and(|d| d.slices.iter().any(|s| s.rolling()));
     Ok(match (&plan.hold, rolling) {
         (Some((_, recheck)), _) => Requeue::requeue((*recheck).max(Duration::from_millis(200))),
-        (None, true) => Requeue::requeue(ROLLING_RECHECK),
+        // Look again when the progress deadline passes, to report Degraded on time.
+        (None, true) => Requeue::requeue(
+            status::until_progress_deadline(&status, set.spec.progress_deadline_seconds, &now)
+                .map_or(ROLLING_RECHECK, |d| d.min(ROLLING_RECHECK)),
+        ),
         (None, false) => Requeue::requeue(STEADY_RECHECK),
     })
 }
@@ -500,13 +504,14 @@ async fn execute(
     Ok(())
 }
 
-/// Writes status when it changed, with Events for new holds and plugin failures.
+/// Writes status when it changed, with Events for new holds and plugin
+/// failures. Returns the status and the time it was computed at.
 async fn report(
     set: &DisaggregatedSet,
     ctx: &Context,
     plan: &Plan,
     children: &[Child],
-) -> Result<(), Error> {
+) -> Result<(DisaggregatedSetStatus, Time), Error> {
     let previous = set.status.as_ref();
     let hold = plan.hold.as_ref().map(|(h, _)| h);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -625,7 +630,7 @@ async fn report(
                 .await,
         )?;
     }
-    Ok(())
+    Ok((status, now))
 }
 
 /// A write to an object that may have gone meanwhile: `Ok(false)` on 404

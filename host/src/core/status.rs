@@ -256,3 +256,18 @@ pub fn condition(
         last_transition_time,
     }
 }
+
+/// How long until a rollout that makes no progress from now on passes its
+/// `progressDeadlineSeconds` (`None`: no deadline, not rolling, or already past),
+/// so the controller can look again just then.
+pub fn until_progress_deadline(
+    status: &DisaggregatedSetStatus,
+    deadline_seconds: Option<i32>,
+    now: &Time,
+) -> Option<std::time::Duration> {
+    let since = status.rollout.as_ref()?.last_progress_time.as_ref()?;
+    // `compute` reports a stall once more than `deadline` whole seconds have passed.
+    let due_ms = (since.0.as_second() + i64::from(deadline_seconds?) + 1) * 1000;
+    let left = due_ms - now.0.as_millisecond();
+    (left > 0).then(|| std::time::Duration::from_millis(left as u64))
+}

@@ -463,3 +463,247 @@ async fn a_foreign_child_is_left_alone_and_reported() {
         "the operator wrote to it: {writers:?}"
     );
 }
+
+fn label(k: &LeaderWorkerSet, key: &str) -> String {
+    k.metadata.labels.clone().unwrap_or_default()[key].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_slice_sets_place_roll_out_per_slice_and_resize() {
+    let cluster = cluster("slices").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let mut set = example("sliced", json!([]));
+    set.spec.slices = 2;
+    set.spec.placement_policy = serde_json::from_value(
+        json!({"type": "ExclusiveSlice", "topology": "topology.kubernetes.io/zone"}),
+    )
+    .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+
+    // Two copies of the topology, each slice's pods kept together and apart from the other slice.
+    let (created, kids) = until_available(&sets, &lws, "sliced").await;
+    assert_eq!(kids.len(), 4);
+    for k in &kids {
+        let slice = label(k, keys::SLICE);
+        let pod = serde_json::to_value(&k.spec.leader_worker_template.worker_template).unwrap();
+        let affinity = &pod["spec"]["affinity"];
+        let together =
+            &affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+        assert_eq!(together["topologyKey"], "topology.kubernetes.io/zone");
+        assert_eq!(together["labelSelector"]["matchLabels"][keys::SLICE], slice);
+        let apart =
+            &affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+        assert_eq!(
+            apart["labelSelector"]["matchExpressions"][1]["values"][0],
+            slice
+        );
+    }
+    let slices_of = |k: &[LeaderWorkerSet]| {
+        k.iter()
+            .map(|c| label(c, keys::SLICE))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(slices_of(&kids), ["0", "1"].map(String::from).into());
+
+    // A template change rolls every slice out, each within its own surge bound.
+    set_image(&sets, "sliced", "vllm/vllm-openai:v0.12.0").await;
+    let first = revision_of(&created);
+    let bound = BTreeMap::from([("prefill".to_string(), 3), ("decode".to_string(), 5)]);
+    let (_, kids) = watch_until(
+        &sets,
+        &lws,
+        "sliced",
+        "every slice rolled out",
+        |kids| {
+            let mut totals: BTreeMap<(String, String), i32> = BTreeMap::new();
+            for k in kids {
+                *totals
+                    .entry((label(k, keys::SLICE), label(k, keys::ROLE)))
+                    .or_default() += k.spec.replicas;
+            }
+            for ((slice, role), total) in totals {
+                assert!(
+                    total <= bound[&role],
+                    "slice {slice} {role}: {total} groups over all revisions"
+                );
+            }
+        },
+        |s, k| {
+            available(s)
+                && revision_of(s) != first
+                && revisions(k) == [revision_of(s)].into()
+                && k.len() == 4
+        },
+    )
+    .await;
+    assert_eq!(slices_of(&kids), ["0", "1"].map(String::from).into());
+
+    // Slices are added and removed whole.
+    let resize = |n: i32| Patch::Merge(json!({"spec": {"slices": n}}));
+    sets.patch("sliced", &PatchParams::default(), &resize(3))
+        .await
+        .unwrap();
+    let (_, kids) = watch_until(
+        &sets,
+        &lws,
+        "sliced",
+        "3 slices",
+        |_| {},
+        |s, k| available(s) && k.len() == 6,
+    )
+    .await;
+    assert_eq!(slices_of(&kids), ["0", "1", "2"].map(String::from).into());
+    sets.patch("sliced", &PatchParams::default(), &resize(1))
+        .await
+        .unwrap();
+    let (_, kids) = watch_until(
+        &sets,
+        &lws,
+        "sliced",
+        "1 slice",
+        |_| {},
+        |s, k| available(s) && k.len() == 2,
+    )
+    .await;
+    assert_eq!(slices_of(&kids), ["0"].map(String::from).into());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_rollout_turns_degraded_after_its_deadline_and_recovers() {
+    let cluster = cluster("deadline").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let mut set = example("stalls", json!([]));
+    set.spec.progress_deadline_seconds = Some(2);
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let (created, _) = until_available(&sets, &lws, "stalls").await;
+
+    // A new image, and an annotation that new prefill LWSs get at creation
+    // (role metadata is not part of the revision): kube-sim holds their groups unready.
+    sets.patch(
+        "stalls",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "add", "path": "/spec/roles/0/metadata/annotations",
+                 "value": {kube_sim::lws_sim::UNREADY_ANNOTATION: "all"}},
+                {"op": "replace",
+                 "path": "/spec/roles/0/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/image",
+                 "value": "vllm/vllm-openai:v0.12.0"},
+            ]))
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let (stalled, kids) = watch_until(
+        &sets,
+        &lws,
+        "stalls",
+        "Degraded",
+        |_| {},
+        |s, _| condition(s, "Degraded").as_deref() == Some("True"),
+    )
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "Degraded came {:?} after the change, long after the 2 s deadline",
+        started.elapsed()
+    );
+    let degraded = stalled
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded.reason, "ProgressDeadlineExceeded");
+    assert!(
+        degraded.message.contains("progressDeadlineSeconds"),
+        "{}",
+        degraded.message
+    );
+
+    // Once the groups come up (the annotation goes), the rollout finishes and Degraded clears.
+    let stuck = kids
+        .iter()
+        .find(|k| {
+            k.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(kube_sim::lws_sim::UNREADY_ANNOTATION))
+        })
+        .expect("the new prefill LWS");
+    lws.patch(
+        stuck.metadata.name.as_deref().unwrap(),
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {kube_sim::lws_sim::UNREADY_ANNOTATION: null}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let bound = BTreeMap::from([("prefill".to_string(), 3), ("decode".to_string(), 5)]);
+    let (done, _) = settle(&sets, &lws, "stalls", &revision_of(&created), &bound).await;
+    assert_eq!(condition(&done, "Degraded").as_deref(), Some("False"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_revision_lws_deleted_mid_rollout_is_recreated() {
+    let cluster = cluster("recreate").await;
+    // Slow groups, so that the rollout is still under way when the child goes.
+    cluster.sim.lws.set(kube_sim::lws_sim::LwsSimConfig {
+        group_delay: Duration::from_millis(200),
+        unready_fraction: 0.0,
+    });
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    sets.create(&PostParams::default(), &example("fragile", json!([])))
+        .await
+        .unwrap();
+    let (created, _) = until_available(&sets, &lws, "fragile").await;
+    let first = revision_of(&created);
+    set_image(&sets, "fragile", "vllm/vllm-openai:v0.12.0").await;
+    let (_, kids) = watch_until(
+        &sets,
+        &lws,
+        "fragile",
+        "a new prefill LWS",
+        |_| {},
+        |_, k| {
+            k.iter()
+                .any(|c| label(c, keys::REVISION) != first && label(c, keys::ROLE) == "prefill")
+        },
+    )
+    .await;
+    let doomed = kids
+        .iter()
+        .find(|c| label(c, keys::REVISION) != first && label(c, keys::ROLE) == "prefill")
+        .unwrap();
+    let doomed_uid = doomed.metadata.uid.clone();
+    lws.delete(
+        doomed.metadata.name.as_deref().unwrap(),
+        &DeleteParams::background(),
+    )
+    .await
+    .unwrap();
+
+    // The rollout goes on: the child is created again (a new object) and the set converges.
+    let bound = BTreeMap::from([("prefill".to_string(), 3), ("decode".to_string(), 5)]);
+    let (_, kids) = settle(&sets, &lws, "fragile", &first, &bound).await;
+    let prefill = kids
+        .iter()
+        .find(|c| label(c, keys::ROLE) == "prefill")
+        .unwrap();
+    assert_eq!(prefill.metadata.name, doomed.metadata.name);
+    assert_ne!(prefill.metadata.uid, doomed_uid);
+    assert_eq!(prefill.spec.replicas, 2);
+}

@@ -131,6 +131,20 @@ fn rollout_is_progressing_sums_all_revisions_and_keeps_transition_times() {
         ("True", "ProgressDeadlineExceeded")
     );
     assert_eq!(cond(&s3, "Degraded").last_transition_time, at(161));
+
+    // The controller looks again exactly when the deadline passes: at 161 s,
+    // the first whole second `compute` calls a stall.
+    use crate::core::status::until_progress_deadline;
+    let wait = until_progress_deadline(&s2, Some(60), &at(130)).unwrap();
+    assert_eq!(wait, std::time::Duration::from_secs(31));
+    let at_then = compute(&Observation {
+        previous: Some(&s2),
+        now: at(130 + wait.as_secs() as i64),
+        ..later
+    });
+    assert_eq!(cond(&at_then, "Degraded").status, "True");
+    assert_eq!(until_progress_deadline(&s3, Some(60), &at(161)), None);
+    assert_eq!(until_progress_deadline(&s2, None, &at(130)), None);
 }
 
 #[test]
