@@ -331,3 +331,95 @@ async fn default_bindings_and_plugin_hot_swap() {
     };
     assert_eq!(names(&after), names(&before));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_fail_their_own_sets_only() {
+    let cluster = cluster("hostile").await;
+    install_plugin(&cluster.client, "hostile", "hostile").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    // Each set binds the hostile plugin to its prefill role, misbehaving one way.
+    // (Under a loaded machine the memory bomb may reach the 100 ms deadline
+    // before the 64 MiB limit; either is the sandbox holding.)
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("loop", "spins", &["timed out"]),
+        ("trap", "traps", &["trapped", "panics on purpose"]),
+        ("oom", "hoards", &["out of memory", "timed out"]),
+        ("big-output", "floods", &["output over the"]),
+        ("garbage", "garbles", &["bad output"]),
+    ];
+    for (mode, name, _) in cases {
+        let binding = json!([{"name": "hostile", "config": {"mode": mode}, "roles": ["prefill"]}]);
+        sets.create(&PostParams::default(), &example(name, binding))
+            .await
+            .unwrap();
+    }
+    // A bystander created after them, and a set whose gate always holds.
+    sets.create(&PostParams::default(), &example("bystander", json!([])))
+        .await
+        .unwrap();
+    let hold = json!([{"name": "hostile", "config": {"mode": "hold"}}]);
+    sets.create(&PostParams::default(), &example("held", hold))
+        .await
+        .unwrap();
+
+    // Other sets keep reconciling: the bystander comes up and rolls out.
+    let (bystander, _) = until_available(&sets, &lws, "bystander").await;
+    set_image(&sets, "bystander", "vllm/vllm-openai:v0.12.0").await;
+    let bound = BTreeMap::from([("prefill".to_string(), 3), ("decode".to_string(), 5)]);
+    settle(&sets, &lws, "bystander", &revision_of(&bystander), &bound).await;
+
+    // Each failure shows on its own set, naming the plugin, the role and what went wrong;
+    // the role it patches gets no child (Fail), the other role does.
+    for (mode, name, expected) in cases {
+        let (set, kids) = watch_until(
+            &sets,
+            &lws,
+            name,
+            "PluginsReady=False",
+            |_| {},
+            |s, k| condition(s, "PluginsReady").as_deref() == Some("False") && !k.is_empty(),
+        )
+        .await;
+        let message = condition_message(&set, "PluginsReady");
+        assert!(
+            message.contains("hostile")
+                && message.contains("prefill")
+                && expected.iter().any(|e| message.contains(e)),
+            "{mode}: {message}"
+        );
+        let roles: Vec<String> = kids
+            .iter()
+            .map(|k| k.metadata.labels.clone().unwrap()[keys::ROLE].clone())
+            .collect();
+        assert_eq!(roles, ["decode"], "{mode}");
+    }
+
+    // The holding gate: the set comes up, and its rollout stops at step 1 and says why.
+    let (held, _) = until_available(&sets, &lws, "held").await;
+    set_image(&sets, "held", "vllm/vllm-openai:v0.12.0").await;
+    let (set, _) = watch_until(
+        &sets,
+        &lws,
+        "held",
+        "RolloutHeld",
+        |_| {},
+        |s, _| condition(s, "RolloutHeld").as_deref() == Some("True"),
+    )
+    .await;
+    let rollout = set.status.unwrap().rollout.unwrap();
+    assert_eq!(rollout.held_by.as_deref(), Some("hostile"));
+    assert!(
+        rollout
+            .hold_reason
+            .unwrap()
+            .contains("never lets a step through")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        revisions(&children(&lws, "held").await),
+        [revision_of(&held)].into(),
+        "no new-revision child while the gate holds"
+    );
+}

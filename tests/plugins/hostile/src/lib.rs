@@ -1,5 +1,6 @@
 //! A plugin that misbehaves on purpose, for the runtime's tests. Its config
-//! `mode` picks the misbehaviour; every hook misbehaves the same way.
+//! `mode` picks the misbehaviour; every hook misbehaves the same way, except
+//! `hold`: a gate that always holds.
 
 use disagg_plugin_sdk::{GateDecision, GateRequest, Hook, Patch, PatchRequest, Plugin, Value};
 
@@ -51,6 +52,12 @@ impl Plugin for Hostile {
     }
 
     fn gate_step(req: GateRequest) -> Result<GateDecision, String> {
+        if req.config["mode"] == "hold" {
+            return Ok(GateDecision::hold(
+                "this gate never lets a step through",
+                1000,
+            ));
+        }
         misbehave(&req.config).map(|_| GateDecision::Proceed)
     }
 }
