@@ -2,6 +2,7 @@
 //! against the in-memory cluster (kube-sim, with its LWS simulator), and is
 //! observed through the API only. One test binary, one module per theme.
 
+mod bad_input;
 #[path = "../common/mod.rs"]
 mod common;
 mod faults;
