@@ -707,3 +707,50 @@ async fn a_new_revision_lws_deleted_mid_rollout_is_recreated() {
     assert_ne!(prefill.metadata.uid, doomed_uid);
     assert_eq!(prefill.spec.replicas, 2);
 }
+
+/// The short version of `cargo bench --bench operator` (which runs 1,000 sets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sets_settle_and_an_idle_operator_writes_nothing() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cluster = cluster("many").await;
+    let _operator = start_operator_with(&cluster, &["--no-leader-election"]);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let mut template: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/epd-3role.yaml")).unwrap())
+            .unwrap();
+    for role in template["spec"]["roles"].as_array_mut().unwrap() {
+        role.as_object_mut().unwrap().remove("scaling");
+    }
+    let n = 40;
+    for i in 0..n {
+        let mut set = template.clone();
+        set["metadata"]["name"] = json!(format!("s{i:02}"));
+        let set: DisaggregatedSet = serde_json::from_value(set).unwrap();
+        sets.create(&PostParams::default(), &set).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = sets.list(&Default::default()).await.unwrap();
+        if list.items.iter().filter(|s| available(s)).count() == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all {n} sets became Available"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kids = lws.list(&Default::default()).await.unwrap();
+    assert_eq!(kids.items.len(), 3 * n);
+
+    // Settled: no more writes while nothing changes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cluster.sim.writes.load(Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        cluster.sim.writes.load(Relaxed),
+        before,
+        "an idle operator wrote to the API"
+    );
+}
