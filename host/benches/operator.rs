@@ -361,9 +361,8 @@ async fn hot_swap() {
     for (plugin, base, size) in [("gate", &small, small.len()), ("profile", &large, 1 << 20)] {
         // Each round is a new build (a new digest) of the same code, padded to `size`.
         let build = |round: usize| {
-            let pad = size.saturating_sub(base.len() + 16);
-            let mut payload = vec![b'x'; pad];
-            payload[..8].copy_from_slice(&(round as u64).to_le_bytes());
+            let mut payload = (round as u64).to_le_bytes().to_vec();
+            payload.resize(size.saturating_sub(base.len() + 16).max(8), b'x');
             common::with_custom_section(base, "build", &payload)
         };
         put(plugin, build(0)).await;
