@@ -2,8 +2,6 @@
 //! `a in (x,y)`, `a notin (x)`, `a` (exists), `!a` (does not exist),
 //! comma-separated and ANDed.
 
-use std::collections::BTreeMap;
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Requirement {
     Equals(String, String),
@@ -31,14 +29,17 @@ impl Selector {
         Ok(Selector(reqs))
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    /// Whether an object's labels, looked up by key, satisfy every requirement
+    /// (a lookup, not a map, so that lists need not copy each object's labels).
+    pub fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        let one_of = |vs: &[String], l: &str| vs.iter().any(|v| v == l);
         self.0.iter().all(|r| match r {
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+            Requirement::Equals(k, v) => label(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => label(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => label(k).is_some_and(|l| one_of(vs, l)),
+            Requirement::NotIn(k, vs) => label(k).is_none_or(|l| !one_of(vs, l)),
+            Requirement::Exists(k) => label(k).is_some(),
+            Requirement::DoesNotExist(k) => label(k).is_none(),
         })
     }
 }
@@ -111,6 +112,7 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -132,7 +134,7 @@ mod tests {
             ("zone", "z1"),
             ("gpu", ""),
         ]);
-        assert!(s.matches(&ok));
+        assert!(s.matches(|k| ok.get(k).map(String::as_str)));
         for (k, v) in [
             ("app", "other"),
             ("tier", "cache"),
@@ -142,12 +144,12 @@ mod tests {
         ] {
             let mut l = ok.clone();
             l.insert(k.into(), v.into());
-            assert!(!s.matches(&l), "{k}={v}");
+            assert!(!s.matches(|k| l.get(k).map(String::as_str)), "{k}={v}");
         }
         let mut l = ok.clone();
         l.remove("gpu");
-        assert!(!s.matches(&l));
-        assert!(Selector::parse("").unwrap().matches(&BTreeMap::new()));
+        assert!(!s.matches(|k| l.get(k).map(String::as_str)));
+        assert!(Selector::parse("").unwrap().matches(|_| None));
         assert_eq!(
             Selector::parse("a==b").unwrap(),
             Selector(vec![Requirement::Equals("a".into(), "b".into())])

@@ -125,15 +125,9 @@ impl Filter {
         if self.namespace.as_deref().is_some_and(|n| n != namespace) {
             return false;
         }
-        let labels: BTreeMap<String, String> = object["metadata"]["labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.labels.matches(&labels)
+        let labels = object["metadata"]["labels"].as_object();
+        self.labels
+            .matches(|k| labels.and_then(|m| m.get(k)).and_then(Value::as_str))
             && self.fields.iter().all(|(field, want, equal)| {
                 let got = match field.as_str() {
                     "metadata.name" => object["metadata"]["name"].as_str().unwrap_or_default(),
