@@ -24,7 +24,6 @@ use disagg::api::lws::LeaderWorkerSet;
 use disagg::api::set::DisaggregatedSet;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube_sim::server::Sim;
 use serde_json::json;
@@ -67,17 +66,7 @@ async fn cluster(tag: &str) -> Cluster {
     let client =
         kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
             .unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for file in [
-        common::repo("deploy/crds/disaggregatedset.x-k8s.io.yaml"),
-        common::shared("upstream/leaderworkerset.x-k8s.io_leaderworkersets.yaml"),
-    ] {
-        let text = std::fs::read_to_string(file).unwrap();
-        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).unwrap();
-            crds.create(&PostParams::default(), &crd).await.unwrap();
-        }
-    }
+    common::install_crds(&client).await;
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "lws-system"}});
     Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .create(&PostParams::default(), &serde_json::from_value(ns).unwrap())

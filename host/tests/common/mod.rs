@@ -95,3 +95,20 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.write_all(bytes).unwrap();
     encoder.finish().unwrap()
 }
+
+/// Installs our CRDs and upstream's LeaderWorkerSet CRD, as a cluster for
+/// the operator needs them.
+pub async fn install_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    for file in [
+        repo("deploy/crds/disaggregatedset.x-k8s.io.yaml"),
+        shared("upstream/leaderworkerset.x-k8s.io_leaderworkersets.yaml"),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).unwrap();
+            crds.create(&Default::default(), &crd).await.unwrap();
+        }
+    }
+}

@@ -196,16 +196,6 @@ fn kubectl_apply(cluster: &Cluster, file: &std::path::Path) -> std::process::Out
         .expect("kubectl runs (it is on the machine; see README)")
 }
 
-fn valid_condition(set: &DisaggregatedSet) -> Option<(String, String)> {
-    let c = set
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Valid")?;
-    Some((c.status.clone(), c.message.clone()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_sets_are_rejected_or_reported_and_create_nothing() {
     let cluster = cluster("bad-input").await;
@@ -239,7 +229,7 @@ async fn invalid_sets_are_rejected_or_reported_and_create_nothing() {
     for (name, field) in &invalid {
         let set = loop {
             let set = sets.get(name).await.unwrap();
-            if valid_condition(&set).is_some_and(|(s, _)| s == "False") {
+            if condition(&set, "Valid").as_deref() == Some("False") {
                 break set;
             }
             assert!(
@@ -249,7 +239,7 @@ async fn invalid_sets_are_rejected_or_reported_and_create_nothing() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let (_, message) = valid_condition(&set).unwrap();
+        let message = condition_message(&set, "Valid");
         assert!(
             message.contains(field),
             "{name}: the message does not name {field}: {message}"
@@ -282,10 +272,10 @@ async fn invalid_sets_are_rejected_or_reported_and_create_nothing() {
         "stable",
         "Valid=False",
         |_| {},
-        |s, _| valid_condition(s).is_some_and(|(st, _)| st == "False"),
+        |s, _| condition(s, "Valid").as_deref() == Some("False"),
     )
     .await;
-    assert!(valid_condition(&set).unwrap().1.contains("replicas"));
+    assert!(condition_message(&set, "Valid").contains("replicas"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = children(&lws, "stable").await;
     let shape = |k: &[LeaderWorkerSet]| {

@@ -1,12 +1,11 @@
 //! The e2e harness: kube-sim in the test process, the operator binary as a
 //! child process, and observers that read the API only.
 
-use super::common::{self, repo, shared};
+use super::common::{self, repo};
 use disagg::api::keys;
 use disagg::api::lws::LeaderWorkerSet;
 use disagg::api::set::DisaggregatedSet;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -93,17 +92,7 @@ pub async fn cluster(test: &str) -> Cluster {
     let client =
         kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
             .unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for file in [
-        repo("deploy/crds/disaggregatedset.x-k8s.io.yaml"),
-        shared("upstream/leaderworkerset.x-k8s.io_leaderworkersets.yaml"),
-    ] {
-        let text = std::fs::read_to_string(file).unwrap();
-        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).unwrap();
-            crds.create(&PostParams::default(), &crd).await.unwrap();
-        }
-    }
+    common::install_crds(&client).await;
     Cluster {
         client,
         kubeconfig,
@@ -271,17 +260,8 @@ pub fn on_schedule(schedule: &[State], state: &State) -> bool {
 
 /// Installs a plugin as the operator finds it: a labelled ConfigMap in its namespace.
 pub async fn install_plugin(client: &kube::Client, name: &str, component: &str) {
-    use k8s_openapi::api::core::v1::ConfigMap;
     let bytes = std::fs::read(common::component(component)).unwrap();
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "lws-system", "labels": {keys::PLUGIN: "true"}},
-        "binaryData": {"plugin.wasm": k8s_openapi::ByteString(bytes)},
-    }))
-    .unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), "lws-system")
-        .create(&PostParams::default(), &cm)
-        .await
-        .unwrap();
+    put_plugin(client, name, "plugin.wasm", bytes).await;
 }
 
 pub fn example(name: &str, plugins: serde_json::Value) -> DisaggregatedSet {

@@ -541,33 +541,28 @@ async fn multi_slice_sets_place_roll_out_per_slice_and_resize() {
     assert_eq!(slices_of(&kids), ["0", "1"].map(String::from).into());
 
     // Slices are added and removed whole.
-    let resize = |n: i32| Patch::Merge(json!({"spec": {"slices": n}}));
-    sets.patch("sliced", &PatchParams::default(), &resize(3))
+    for (n, expected) in [(3, &["0", "1", "2"][..]), (1, &["0"][..])] {
+        sets.patch(
+            "sliced",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"slices": n}})),
+        )
         .await
         .unwrap();
-    let (_, kids) = watch_until(
-        &sets,
-        &lws,
-        "sliced",
-        "3 slices",
-        |_| {},
-        |s, k| available(s) && k.len() == 6,
-    )
-    .await;
-    assert_eq!(slices_of(&kids), ["0", "1", "2"].map(String::from).into());
-    sets.patch("sliced", &PatchParams::default(), &resize(1))
-        .await
-        .unwrap();
-    let (_, kids) = watch_until(
-        &sets,
-        &lws,
-        "sliced",
-        "1 slice",
-        |_| {},
-        |s, k| available(s) && k.len() == 2,
-    )
-    .await;
-    assert_eq!(slices_of(&kids), ["0"].map(String::from).into());
+        let (_, kids) = watch_until(
+            &sets,
+            &lws,
+            "sliced",
+            "resized",
+            |_| {},
+            |s, k| available(s) && k.len() == 2 * n,
+        )
+        .await;
+        assert_eq!(
+            slices_of(&kids),
+            expected.iter().map(|s| s.to_string()).collect()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -235,10 +235,10 @@ async fn wait_for(
     }
 }
 
-#[tokio::test]
-async fn the_lws_simulator_makes_status_follow_spec() {
+/// A server with the LWS simulator (groups ready after `delay`), both CRDs,
+/// and the example set to render children from.
+async fn lws_sim_cluster(delay: std::time::Duration) -> (Arc<Sim>, kube::Client, DisaggregatedSet) {
     let sim = Sim::new(Arc::new(Store::default()));
-    let delay = std::time::Duration::from_millis(300);
     sim.lws.set(kube_sim::lws_sim::LwsSimConfig {
         group_delay: delay,
         unready_fraction: 0.0,
@@ -254,6 +254,13 @@ async fn the_lws_simulator_makes_status_follow_spec() {
     let set: DisaggregatedSet =
         serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
             .unwrap();
+    (sim, client, set)
+}
+
+#[tokio::test]
+async fn the_lws_simulator_makes_status_follow_spec() {
+    let delay = std::time::Duration::from_millis(300);
+    let (sim, client, set) = lws_sim_cluster(delay).await;
     let api: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
     let mut lws = disagg::core::render::render_child(&set, &set.spec.roles[0], 0, "abcd1234", 2);
     // Standalone: an owner reference to a set that does not exist would be garbage-collected.
@@ -323,22 +330,7 @@ async fn the_lws_simulator_makes_status_follow_spec() {
 async fn groups_become_ready_while_other_lws_keep_changing() {
     // Regression: an event for another LWS arriving as a group fell due used
     // to win the race against the simulator's timer, and the group stayed unready.
-    let sim = Sim::new(Arc::new(Store::default()));
-    sim.lws.set(kube_sim::lws_sim::LwsSimConfig {
-        group_delay: std::time::Duration::from_millis(20),
-        unready_fraction: 0.0,
-    });
-    kube_sim::lws_sim::spawn(sim.store.clone(), sim.lws.clone());
-    let client = start_with(sim.clone()).await;
-    install(
-        &client,
-        shared("upstream/leaderworkerset.x-k8s.io_leaderworkersets.yaml"),
-    )
-    .await;
-    install(&client, repo("deploy/crds/disaggregatedset.x-k8s.io.yaml")).await;
-    let set: DisaggregatedSet =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
-            .unwrap();
+    let (_sim, client, set) = lws_sim_cluster(std::time::Duration::from_millis(20)).await;
     let api: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
     let standalone = |role: usize, revision: &str| {
         let mut lws =
