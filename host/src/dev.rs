@@ -5,7 +5,7 @@
 
 use crate::api::keys;
 use crate::api::lws::LeaderWorkerSet;
-use crate::api::set::{DisaggregatedSet, PluginBinding};
+use crate::api::set::DisaggregatedSet;
 use crate::controller;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -33,7 +33,7 @@ pub struct DevOptions {
     /// How long each simulated LWS group takes to become ready.
     pub group_delay: Duration,
     /// Plugin bindings every set gets.
-    pub default_plugins: Vec<PluginBinding>,
+    pub default_plugins: Vec<crate::plugin::bindings::DefaultBinding>,
 }
 
 /// The default bindings of `deploy/deployment.yaml`, so that `disagg dev`
@@ -90,6 +90,7 @@ pub async fn run(
         probe_addr: "127.0.0.1:0".parse().expect("a valid address"),
         leader_election: None,
         default_plugins: options.default_plugins.clone(),
+        limits: crate::plugin::Limits::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(controller::run(client.clone(), operator, async {

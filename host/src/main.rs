@@ -11,7 +11,7 @@ use disagg::core::revision::revision;
 use disagg::core::simulate;
 use disagg::input::{InputError, load_plan_cases, load_set};
 use disagg::plugin::bindings::{self, Failure};
-use disagg::plugin::{CONTRACT_VERSION, Hook, Limits, Runtime};
+use disagg::plugin::{CONTRACT_VERSION, Limits, Runtime};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -89,6 +89,10 @@ struct RunArgs {
     /// (a set's own binding of the same name replaces a default; `roles: []` turns it off).
     #[arg(long, env = "DISAGG_DEFAULT_PLUGINS", default_value = "[]")]
     default_plugins: String,
+    /// The largest plugin component accepted, in MiB after gzip decompression
+    /// (a ConfigMap holds 1 MiB; raise this for large components in --plugin-dir).
+    #[arg(long, env = "DISAGG_MAX_COMPONENT_MIB", default_value_t = 4)]
+    max_component_mib: usize,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +175,10 @@ fn run(args: RunArgs) -> ExitCode {
                 (identity, duration)
             }),
             default_plugins,
+            limits: Limits {
+                component_bytes: args.max_component_mib.clamp(1, 64) << 20,
+                ..Limits::default()
+            },
         };
         disagg::controller::run(client, options, shutdown_signal()).await
     })
@@ -513,12 +521,7 @@ fn plugin_check(file: &Path) -> Result<String, CliError> {
         .info
         .hooks
         .iter()
-        .map(|h| match h {
-            Hook::PatchRole => "patch-role",
-            Hook::ScaleRole => "scale-role",
-            Hook::GateStep => "gate-step",
-            Hook::Validate => "validate",
-        })
+        .map(|h| bindings::hook_name(*h))
         .collect();
     let report = serde_json::json!({
         "name": p.info.name,

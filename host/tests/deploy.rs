@@ -82,6 +82,9 @@ fn the_manifests_match_the_kubernetes_schemas_and_our_policies() {
             "ConfigMap" => check_typed::<core::ConfigMap>(doc),
             "Service" => check_typed::<core::Service>(doc),
             "Deployment" => check_typed::<apps::Deployment>(doc),
+            "PodDisruptionBudget" => {
+                check_typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(doc)
+            }
             "ClusterRole" => check_typed::<rbac::ClusterRole>(doc),
             "ClusterRoleBinding" => check_typed::<rbac::ClusterRoleBinding>(doc),
             "Role" => check_typed::<rbac::Role>(doc),
@@ -103,6 +106,7 @@ fn the_manifests_match_the_kubernetes_schemas_and_our_policies() {
         "ClusterRole",
         "Role",
         "Deployment",
+        "PodDisruptionBudget",
         "Service",
         "ConfigMap",
     ] {
@@ -132,7 +136,18 @@ fn the_manifests_match_the_kubernetes_schemas_and_our_policies() {
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    // Two replicas never share a node, and a drain keeps one.
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let anti = &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    let pdb = docs.iter().find(|d| d["kind"] == "PodDisruptionBudget").unwrap();
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
     let container = &pod["containers"][0];
+    assert!(container["startupProbe"]["httpGet"]["path"].is_string());
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(
         container["securityContext"]["allowPrivilegeEscalation"],
@@ -158,9 +173,9 @@ fn the_manifests_match_the_kubernetes_schemas_and_our_policies() {
     for b in &parsed {
         assert!(
             docs.iter()
-                .any(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == b.name.as_str()),
+                .any(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == b.binding.name.as_str()),
             "default plugin {} has no ConfigMap in deploy/",
-            b.name
+            b.binding.name
         );
     }
 }

@@ -493,23 +493,133 @@ fn deadlines_are_configurable() {
     assert!(started.elapsed() < Duration::from_millis(300));
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn async_calls_leave_the_executor_free() {
+/// What an ordinary author might write — a sleep, a clock loop, a read of
+/// stdin, `exit` — never stalls the caller: the call returns within its
+/// deadline and a small margin, as a typed error, and the runtime goes on.
+#[test]
+fn guests_blocked_in_host_calls_are_abandoned_at_the_deadline() {
     let rt = runtime();
     let hostile = load(&rt, "hostile");
-    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "loop"}));
-    // While the hostile call spins for its 100 ms, this single-threaded executor keeps ticking.
-    let call = tokio::spawn({
-        let rt = rt.clone();
-        async move { rt.patch_role_async(hostile, base).await }
-    });
-    let mut ticks = 0;
-    while !call.is_finished() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        ticks += 1;
+    let healthy = load(&rt, "ratio-scaler");
+    let deadline = rt.limits().deadline;
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
+    for (mode, reason) in [
+        ("sleep", "PluginTimeout"),
+        ("clock-spin", "PluginTimeout"),
+        ("stdin", "PluginTimeout"),
+        ("exit", "PluginTrapped"),
+    ] {
+        let input = PatchInput {
+            config: json!({"mode": mode}).to_string(),
+            ..base.clone()
+        };
+        let started = Instant::now();
+        let err = rt.patch_role(&hostile, &input).unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(err.reason(), reason, "{mode}: {err}");
+        assert!(
+            took < deadline + Duration::from_millis(150),
+            "{mode} returned after {took:?}"
+        );
+        let cfg = json!({"role": "decode", "of": "prefill", "ratio": 2});
+        assert_eq!(scale(&rt, &healthy, "decode", 2, cfg).unwrap(), Some(4));
     }
-    assert!(ticks >= 5, "executor blocked: {ticks} ticks");
-    assert_eq!(call.await.unwrap().unwrap_err().reason(), "PluginTimeout");
+    let input = PatchInput {
+        config: json!({"mode": "exit"}).to_string(),
+        ..base.clone()
+    };
+    let err = rt.patch_role(&hostile, &input).unwrap_err().to_string();
+    assert!(err.contains("exit(3)"), "{err}");
+    // A sleeping gate, the case that used to stall a set forever.
+    let started = Instant::now();
+    let err = rt
+        .gate_step(
+            &hostile,
+            &GateInput {
+                config: json!({"mode": "sleep"}).to_string(),
+                ..gate_input(json!({}), 0, &[], 0)
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.reason(), "PluginTimeout");
+    assert!(started.elapsed() < deadline + Duration::from_millis(150));
+}
+
+/// Calls from every caller share one bound; a call that finds every slot
+/// taken for `slot_wait` is `PluginBusy` — retryable, never run half-way.
+#[test]
+fn calls_beyond_the_slots_wait_and_then_report_busy() {
+    let rt = Runtime::new(Limits {
+        deadline: Duration::from_millis(800),
+        concurrent_calls: 2,
+        slot_wait: Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .unwrap();
+    let hostile = load(&rt, "hostile");
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
+    let sleepers: Vec<_> = (0..2)
+        .map(|_| {
+            let (rt, hostile, input) = (rt.clone(), hostile.clone(), base.clone());
+            std::thread::spawn(move || rt.patch_role(&hostile, &input).unwrap_err().reason())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let err = rt.patch_role(&hostile, &base).unwrap_err();
+    assert_eq!(err.reason(), "PluginBusy", "{err}");
+    assert!(err.retryable());
+    assert!(err.to_string().contains("all 2 plugin call slots"), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(600));
+    for s in sleepers {
+        assert_eq!(s.join().unwrap(), "PluginTimeout");
+    }
+    // Slots come back when calls end.
+    let ok = PatchInput {
+        config: "{}".into(),
+        ..base
+    };
+    assert!(rt.patch_role(&hostile, &ok).is_ok());
+}
+
+/// Loading is bounded: a component over the size limit (raw, or a gzip bomb)
+/// is refused without being inflated, a compile past its deadline is refused,
+/// and compiled components nobody holds are freed.
+#[test]
+fn loading_is_bounded_in_size_and_time_and_unused_components_are_freed() {
+    use std::io::Write;
+    let rt = runtime();
+    let max = rt.limits().component_bytes;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![0u8; 64 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "a bomb fits in a ConfigMap");
+    for bytes in [bomb, vec![0u8; max + 1]] {
+        let err = rt.load("big", &bytes).err().unwrap();
+        assert_eq!(err.reason(), "PluginInvalid");
+        assert!(err.to_string().contains("4096 KiB limit"), "{err}");
+    }
+
+    let slow = Runtime::new(Limits {
+        compile_deadline: Duration::from_millis(1),
+        ..Limits::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    let err = slow
+        .load("role-profile", &read(&component("role-profile")))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("compiling it took longer"), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    let gate = load(&rt, "rollout-gate");
+    let scaler = load(&rt, "ratio-scaler");
+    assert_eq!(rt.compiled_count(), 2);
+    drop(gate);
+    assert_eq!(rt.compiled_count(), 1);
+    drop(scaler);
+    assert_eq!(rt.compiled_count(), 0);
 }
 
 fn disagg(args: &[&str]) -> std::process::Output {

@@ -10,6 +10,15 @@ pub mod set;
 pub use kube_sim::structural;
 pub mod validate;
 
+/// Upper bounds on the numbers of a set, shared by the CRD schema, validation
+/// and plugin advice, so that no arithmetic on them can overflow an `i32`.
+pub mod limits {
+    /// Replicas of one role per slice (upstream LWS caps replicas at 1,000,000).
+    pub const MAX_REPLICAS: i32 = 1_000_000;
+    /// Slices of one set.
+    pub const MAX_SLICES: i32 = 100;
+}
+
 /// Label and annotation keys shared by the operator, routers and tools (upstream-compatible).
 pub mod keys {
     /// The set a child belongs to.

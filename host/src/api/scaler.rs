@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 pub struct DisaggregatedSetRoleScalerSpec {
     /// Desired groups of the role, per slice.
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1_000_000))]
     pub replicas: i32,
 }
 

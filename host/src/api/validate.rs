@@ -7,6 +7,7 @@ use super::lws::RollingUpdateConfiguration;
 use super::set::{DisaggregatedSet, PlacementType, PluginBinding};
 use crate::core::plan::Budget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use super::limits::{MAX_REPLICAS, MAX_SLICES};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -53,10 +54,10 @@ pub fn validate(set: &DisaggregatedSet) -> Vec<Violation> {
             format!("must have 2 to 10 roles, has {}", spec.roles.len()),
         ));
     }
-    if !(1..=100).contains(&spec.slices) {
+    if !(1..=MAX_SLICES).contains(&spec.slices) {
         out.push(violation(
             "spec.slices",
-            format!("must be between 1 and 100, is {}", spec.slices),
+            format!("must be between 1 and {MAX_SLICES}, is {}", spec.slices),
         ));
     }
 
@@ -98,10 +99,10 @@ pub fn validate(set: &DisaggregatedSet) -> Vec<Violation> {
                 "required: a role needs a worker pod template with at least one container",
             ));
         }
-        if !(0..=1_000_000).contains(&rs.replicas) {
+        if !(0..=MAX_REPLICAS).contains(&rs.replicas) {
             out.push(violation(
                 format!("{at}.spec.replicas"),
-                format!("must be between 0 and 1000000, is {}", rs.replicas),
+                format!("must be between 0 and {MAX_REPLICAS}, is {}", rs.replicas),
             ));
         }
         if rs.leader_worker_template.size < 1 {
@@ -190,8 +191,9 @@ pub fn resolve_budget(cfg: Option<&RollingUpdateConfiguration>, target: i32) -> 
 }
 
 /// `(maxSurge, maxUnavailable)` as absolute numbers: percentages of `target`,
-/// surge rounded up and unavailability rounded down. Unparseable values count as 0
-/// (`validate` reports them).
+/// surge rounded up and unavailability rounded down, each at most
+/// `MAX_REPLICAS` (a larger budget means nothing more, and the planner adds
+/// budgets to targets). Unparseable values count as 0 (`validate` reports them).
 fn resolve_absolute(cfg: &RollingUpdateConfiguration, target: i32) -> (i32, i32) {
     let abs = |v: &IntOrString, round_up: bool| match parse_int_or_percent(v) {
         Ok(IntOrPercent::Int(n)) => n,
@@ -206,6 +208,7 @@ fn resolve_absolute(cfg: &RollingUpdateConfiguration, target: i32) -> (i32, i32)
         }
         Err(_) => 0,
     };
+    let abs = |v, up| abs(v, up).min(MAX_REPLICAS);
     (abs(&cfg.max_surge, true), abs(&cfg.max_unavailable, false))
 }
 
@@ -216,8 +219,8 @@ enum IntOrPercent {
 
 fn parse_int_or_percent(v: &IntOrString) -> Result<IntOrPercent, String> {
     match v {
-        IntOrString::Int(n) if *n >= 0 => Ok(IntOrPercent::Int(*n)),
-        IntOrString::Int(n) => Err(format!("must not be negative, is {n}")),
+        IntOrString::Int(n) if (0..=MAX_REPLICAS).contains(n) => Ok(IntOrPercent::Int(*n)),
+        IntOrString::Int(n) => Err(format!("must be between 0 and {MAX_REPLICAS}, is {n}")),
         IntOrString::String(s) => s
             .strip_suffix('%')
             .and_then(|p| p.parse::<i32>().ok())

@@ -3,10 +3,15 @@
 //! written with optimistic concurrency (its resourceVersion), so two
 //! candidates can never both believe they won the same round.
 //!
-//! The leader renews every third of the lease duration. If it cannot renew
-//! within two thirds of it, it stops leading (the operator exits and is
-//! restarted), before anyone else may take over: a standby only takes a
-//! Lease whose `renewTime + leaseDurationSeconds` has passed.
+//! The leader renews every third of the lease duration, each attempt cut
+//! off after a fifth of it (a hung API server cannot hold a renewal). If it
+//! cannot renew within two thirds of the duration, it stops leading: the
+//! controller is dropped mid-flight (no write it had under way is finished)
+//! and the operator exits to be restarted. That is before anyone else may
+//! take over: a standby takes a Lease only once it has seen the same
+//! holder and renewTime, unchanged, for a whole lease duration of its *own*
+//! clock (as client-go does), so a skewed clock on either side cannot make
+//! two leaders.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -23,6 +28,9 @@ pub struct Elector {
     api: Api<Lease>,
     identity: String,
     duration: Duration,
+    /// The other holder's record (holder, renewTime) as last seen, and when
+    /// this replica first saw it.
+    observed: std::sync::Mutex<Option<(String, tokio::time::Instant)>>,
 }
 
 impl Elector {
@@ -36,6 +44,18 @@ impl Elector {
             api: Api::namespaced(client, namespace),
             identity,
             duration,
+            observed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// One round, given up after a fifth of the lease duration.
+    async fn round(&self) -> Result<bool, String> {
+        match tokio::time::timeout(self.duration / 5, self.try_acquire_or_renew()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {} ms",
+                (self.duration / 5).as_millis()
+            )),
         }
     }
 
@@ -47,7 +67,7 @@ impl Elector {
     pub async fn acquire(&self) {
         let mut announced = false;
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.round().await {
                 Ok(true) => return,
                 Ok(false) => {
                     if !announced {
@@ -73,7 +93,7 @@ impl Elector {
             // within two thirds of its duration or leadership is given up.
             let pause = if failed { RETRY } else { self.duration / 3 };
             tokio::time::sleep(pause.min(self.duration / 3)).await;
-            match self.try_acquire_or_renew().await {
+            match self.round().await {
                 Ok(true) => {
                     last_renewed = tokio::time::Instant::now();
                     failed = false;
@@ -140,11 +160,23 @@ impl Elector {
             .holder_identity
             .as_deref()
             .is_some_and(|h| !h.is_empty());
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(renewed), Some(d)) => {
-                renewed.0.as_millisecond() + i64::from(d) * 1000 < now.as_millisecond()
+        // Expiry by this replica's own clock: the record must stay unchanged
+        // for the holder's whole lease duration since this replica first saw it.
+        let record = format!(
+            "{:?}/{:?}",
+            spec.holder_identity,
+            spec.renew_time.as_ref().map(|t| t.0.as_millisecond())
+        );
+        let lease_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+        let expired = {
+            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            match observed.as_ref() {
+                Some((seen, since)) if *seen == record => since.elapsed() > lease_for,
+                _ => {
+                    *observed = Some((record, tokio::time::Instant::now()));
+                    spec.renew_time.is_none()
+                }
             }
-            _ => true,
         };
         if !mine && held && !expired {
             return Ok(false);

@@ -11,6 +11,8 @@
 //! Default plugin bindings (`--default-plugins`) are merged into every set's
 //! own by [`crate::plugin::bindings::effective`].
 
+pub mod backoff;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod plugins;
@@ -19,7 +21,7 @@ pub mod reconcile;
 use crate::api::keys;
 use crate::api::lws::LeaderWorkerSet;
 use crate::api::scaler::DisaggregatedSetRoleScaler;
-use crate::api::set::{DisaggregatedSet, PluginBinding};
+use crate::api::set::DisaggregatedSet;
 use crate::plugin::{Limits, Runtime};
 use futures::StreamExt;
 use kube::api::{Api, PatchParams};
@@ -33,6 +35,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// How long start-up waits for the first plugin loads to finish.
+const STARTUP_GRACE: Duration = Duration::from_secs(3);
+
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "disaggregatedset-operator";
 
@@ -41,6 +46,9 @@ pub const FIELD_MANAGER: &str = "disaggregatedset-operator";
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A write refused for a reason of its own (a name held by another object).
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -51,6 +59,7 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(e)) => format!("api_{}", e.code),
             Error::Kube(_) => "api_transport".into(),
+            Error::Refused(_) => "refused".into(),
             Error::Internal(_) => "internal".into(),
         }
     }
@@ -63,7 +72,10 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<metrics::Metrics>,
     /// Bindings every set gets unless it binds the same plugin itself (DESIGN §6.3).
-    pub default_plugins: Vec<PluginBinding>,
+    pub default_plugins: Vec<crate::plugin::bindings::DefaultBinding>,
+    /// Child writes the API server refused, waiting to be retried.
+    pub backoff: backoff::Backoff,
+    pub health: Arc<health::Health>,
 }
 
 impl Context {
@@ -117,8 +129,10 @@ pub struct Options {
     pub probe_addr: SocketAddr,
     /// Leader election: this replica's identity and the Lease duration (None: lead alone).
     pub leader_election: Option<(String, Duration)>,
+    /// Plugin call and load limits.
+    pub limits: Limits,
     /// Plugin bindings for every set (a set's own binding of the same name wins).
-    pub default_plugins: Vec<PluginBinding>,
+    pub default_plugins: Vec<crate::plugin::bindings::DefaultBinding>,
 }
 
 /// Runs the operator until `shutdown` completes; in-flight reconciles finish first.
@@ -127,7 +141,7 @@ pub async fn run(
     options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
-    let runtime = Runtime::new(Limits::default())?;
+    let runtime = Runtime::new(options.limits)?;
     let (registry, wake) = plugins::Registry::new(runtime);
     let recorder = Recorder::new(
         client.clone(),
@@ -142,22 +156,25 @@ pub async fn run(
         registry
             .runtime()
             .observe(Box::new(move |plugin, hook, took, error| {
-                let hook = match hook {
-                    crate::plugin::Hook::PatchRole => "patch-role",
-                    crate::plugin::Hook::ScaleRole => "scale-role",
-                    crate::plugin::Hook::GateStep => "gate-step",
-                    crate::plugin::Hook::Validate => "validate",
-                };
+                let hook = crate::plugin::bindings::hook_name(hook);
                 metrics.plugin_call(plugin, hook, took, error.is_some());
             }));
     }
     let ready = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(health::Health::default());
     let listener = tokio::net::TcpListener::bind(options.probe_addr)
         .await
         .map_err(|e| format!("--probe-addr {}: {e}", options.probe_addr))?;
-    tokio::spawn(serve_probes(listener, metrics.clone(), ready.clone()));
+    let alive = {
+        let (health, registry) = (health.clone(), registry.clone());
+        move || health.wedged(registry.oldest_load())
+    };
+    tokio::spawn(serve_probes(listener, metrics.clone(), ready.clone(), alive));
 
-    // Plugins first: reconciling before they are loaded would compute revisions without them.
+    // Plugins first: a set reconciled before its plugin is loaded waits for it
+    // (PluginLoading), so give ordinary loads a moment to finish. Each compiles
+    // on its own thread within its deadline; one slow or hostile component
+    // delays start-up by at most STARTUP_GRACE and then only its own sets.
     match &options.plugin_dir {
         Some(dir) => {
             let mut follower = plugins::DirectoryFollower::new(registry.clone(), dir.clone());
@@ -170,10 +187,12 @@ pub async fn run(
                 client.clone(),
                 &options.namespace,
                 recorder.clone(),
+                health.clone(),
             )
             .await
         }
     }
+    registry.settle(STARTUP_GRACE).await;
     tracing::info!(plugins = ?registry.names(), "plugins loaded");
 
     let ctx = Arc::new(Context {
@@ -182,6 +201,8 @@ pub async fn run(
         recorder,
         metrics,
         default_plugins: options.default_plugins,
+        backoff: backoff::Backoff::default(),
+        health: health.clone(),
     });
     let wake = futures::stream::unfold(
         wake,
@@ -240,8 +261,10 @@ pub async fn run(
             Ok(())
         }
         _ = elector.keep() => {
-            let _ = lost_tx.send(());
-            controller.await;
+            // Not a graceful stop: in-flight reconciles are dropped where
+            // they stand, so no write of theirs is sent after the loss.
+            drop(lost_tx);
+            drop(controller);
             Err("lost the leader Lease; exiting so that a fresh start rejoins the election".into())
         }
     }
@@ -265,11 +288,23 @@ async fn serve_probes(
     listener: tokio::net::TcpListener,
     metrics: Arc<metrics::Metrics>,
     ready: Arc<AtomicBool>,
+    wedged: impl Fn() -> Option<String> + Clone + Send + Sync + 'static,
 ) {
     use axum::http::StatusCode;
     use axum::routing::get;
     let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let wedged = wedged();
+                async move {
+                    match wedged {
+                        None => (StatusCode::OK, "ok".to_string()),
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("wedged: {why}\n")),
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
@@ -298,6 +333,11 @@ async fn serve_probes(
                 }
             }),
         );
+    // No probe request may hold the server: each has 5 s.
+    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        Duration::from_secs(5),
+    ));
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the probe server stopped");
     }

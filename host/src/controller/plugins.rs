@@ -1,9 +1,10 @@
 //! Where plugins come from while the operator runs (DESIGN §6.3): ConfigMaps
 //! labelled `disaggregatedset.x-k8s.io/plugin: "true"` in the operator's
 //! namespace, or, with `--plugin-dir`, files `NAME.wasm` / `NAME.wasm.gz` in a
-//! directory (a mounted ConfigMap volume). A new component is compiled off the
-//! async threads and swapped in only once it loads; a broken one leaves the
-//! last good one in use and is reported. Every change wakes every set.
+//! directory (a mounted ConfigMap volume). A new component is compiled on a
+//! thread of its own, each plugin apart from the others, and swapped in only
+//! once it loads; a broken or slow one leaves the last good one in use and is
+//! reported, and delays only the sets bound to it. Every change wakes every set.
 
 use crate::plugin::{LoadedPlugin, Runtime};
 use std::collections::HashMap;
@@ -18,8 +19,14 @@ pub struct Registry {
     loaded: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
     /// The last load error per plugin (cleared by a good load or a removal).
     errors: RwLock<HashMap<String, String>>,
+    /// The newest load asked for, per plugin: an older load that finishes
+    /// later is thrown away. A name is loading while it is here.
+    loading: std::sync::Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    next_load: std::sync::atomic::AtomicU64,
     /// Wakes every set after a change.
     changed: mpsc::UnboundedSender<()>,
+    /// Told when a load ends.
+    settled: tokio::sync::Notify,
 }
 
 /// How a component update went.
@@ -27,6 +34,8 @@ pub struct Registry {
 pub enum Update {
     /// A new component is in use.
     Swapped,
+    /// A newer component of the same plugin was handed in meanwhile; this one is dropped.
+    Superseded,
     /// The same bytes as the one in use: nothing to do.
     Unchanged,
     /// It did not load; the last good one (if any) stays in use.
@@ -40,7 +49,10 @@ impl Registry {
             runtime,
             loaded: RwLock::default(),
             errors: RwLock::default(),
+            loading: Default::default(),
+            next_load: Default::default(),
             changed,
+            settled: tokio::sync::Notify::new(),
         };
         (Arc::new(registry), wake)
     }
@@ -66,16 +78,89 @@ impl Registry {
             .cloned()
     }
 
-    /// Compiles and checks `bytes` (blocking: call off the async threads), then swaps it in.
-    pub fn update(&self, name: &str, bytes: &[u8]) -> Update {
-        let digest = Runtime::digest(bytes).ok();
-        if let (Some(d), Some(current)) = (&digest, self.get(name))
-            && current.digest == *d
-            && self.error(name).is_none()
-        {
-            return Update::Unchanged;
+    /// Whether a component of `name` is being compiled.
+    pub fn is_loading(&self, name: &str) -> bool {
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
+    /// Waits until no load is under way, or `grace` has passed.
+    pub async fn settle(&self, grace: Duration) {
+        let until = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.settled.notified();
+            if self
+                .loading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return;
+            }
         }
-        match self.runtime.load(name, bytes) {
+    }
+
+    /// Starts a load of `name`: from now on it is loading, and only the load
+    /// with the newest ticket may change what is in use.
+    pub fn begin(&self, name: &str) -> u64 {
+        let ticket = self
+            .next_load
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), (ticket, std::time::Instant::now()));
+        ticket
+    }
+
+    /// How long the oldest unfinished load has run.
+    pub fn oldest_load(&self) -> Option<Duration> {
+        let loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        loading.values().map(|(_, since)| since.elapsed()).max()
+    }
+
+    /// Compiles and checks the component on the blocking pool (or takes the
+    /// error that there is none), then swaps it in, unless a newer load of
+    /// the same plugin began meanwhile.
+    pub async fn load(
+        self: &Arc<Self>,
+        name: &str,
+        ticket: u64,
+        bytes: Result<Vec<u8>, String>,
+    ) -> Update {
+        let unchanged = bytes.as_ref().ok().and_then(|b| {
+            let digest = Runtime::digest(b).ok()?;
+            let current = self.get(name)?;
+            (current.digest == digest && self.error(name).is_none()).then_some(())
+        });
+        let result = match (unchanged, bytes) {
+            (Some(()), _) => {
+                self.finish(name, ticket);
+                return Update::Unchanged;
+            }
+            (None, Err(e)) => Err(e),
+            (None, Ok(bytes)) => {
+                let (runtime, owned) = (self.runtime.clone(), name.to_string());
+                tokio::task::spawn_blocking(move || runtime.load(&owned, &bytes))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(crate::plugin::PluginError::InvalidComponent {
+                            plugin: name.to_string(),
+                            message: format!("the load task failed: {e}"),
+                        })
+                    })
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if !self.finish(name, ticket) {
+            return Update::Superseded;
+        }
+        match result {
             Ok(plugin) => {
                 self.loaded
                     .write()
@@ -88,8 +173,22 @@ impl Registry {
                 let _ = self.changed.send(());
                 Update::Swapped
             }
-            Err(e) => self.refuse(name, e.to_string()),
+            Err(e) => self.refuse(name, e),
         }
+    }
+
+    /// Ends the load `ticket` of `name`; whether it was the newest.
+    fn finish(&self, name: &str, ticket: u64) -> bool {
+        let newest = {
+            let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+            let newest = loading.get(name).map(|(t, _)| *t) == Some(ticket);
+            if newest {
+                loading.remove(name);
+            }
+            newest
+        };
+        self.settled.notify_waiters();
+        newest
     }
 
     /// Records why the newest component of `name` cannot be used; the last
@@ -104,6 +203,10 @@ impl Registry {
     }
 
     pub fn remove(&self, name: &str) {
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         let was = self
             .loaded
             .write()
@@ -195,18 +298,22 @@ impl DirectoryFollower {
             }
             self.seen.insert(name.clone(), stamp);
             let registry = self.registry.clone();
-            let outcome = tokio::task::spawn_blocking(move || match std::fs::read(&path) {
-                Ok(bytes) => registry.update(&name, &bytes),
-                Err(e) => registry.refuse(&name, format!("{}: {e}", path.display())),
-            })
-            .await;
-            match outcome {
-                Ok(Update::Refused(e)) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "plugin refused; the last good version stays in use")
+            let ticket = registry.begin(&name);
+            // Each file loads on its own: a slow one holds up no other.
+            tokio::spawn(async move {
+                let read = path.clone();
+                let bytes = tokio::task::spawn_blocking(move || std::fs::read(&read))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                    .map_err(|e| format!("{}: {e}", path.display()));
+                let outcome = registry.load(&name, ticket, bytes).await;
+                match outcome {
+                    Update::Refused(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "plugin refused; the last good version stays in use")
+                    }
+                    u => tracing::info!(path = %path.display(), ?u, "plugin file checked"),
                 }
-                Ok(u) => tracing::info!(dir = %dir.display(), ?u, "plugin file checked"),
-                Err(e) => tracing::error!(error = %e, "plugin load task failed"),
-            }
+            });
         }
         for gone in self
             .registry
@@ -234,6 +341,7 @@ pub async fn follow_configmaps(
     client: kube::Client,
     namespace: &str,
     recorder: kube::runtime::events::Recorder,
+    health: Arc<super::health::Health>,
 ) {
     use futures::StreamExt;
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -252,7 +360,9 @@ pub async fn follow_configmaps(
                 Ok(Event::InitApply(cm) | Event::Apply(cm)) => {
                     let name = kube::ResourceExt::name_any(&cm);
                     listed.push(name.clone());
-                    load_configmap(&registry, &recorder, cm).await;
+                    // Each ConfigMap loads on its own: a slow one holds up no other.
+                    let ticket = registry.begin(&name);
+                    tokio::spawn(load_configmap(registry.clone(), recorder.clone(), cm, ticket));
                 }
                 Ok(Event::Delete(cm)) => {
                     let name = kube::ResourceExt::name_any(&cm);
@@ -271,31 +381,25 @@ pub async fn follow_configmaps(
                 Err(e) => tracing::warn!(error = %e, "watching plugin ConfigMaps"),
             }
         }
+        health.watcher_stopped();
     });
     let _ = synced.await;
 }
 
 async fn load_configmap(
-    registry: &Arc<Registry>,
-    recorder: &kube::runtime::events::Recorder,
+    registry: Arc<Registry>,
+    recorder: kube::runtime::events::Recorder,
     cm: k8s_openapi::api::core::v1::ConfigMap,
+    ticket: u64,
 ) {
     use kube::Resource;
     let name = kube::ResourceExt::name_any(&cm);
-    let outcome = match component_of(&cm) {
-        Err(e) => registry.refuse(&name, e),
-        Ok(bytes) => {
-            let (registry, name) = (registry.clone(), name.clone());
-            tokio::task::spawn_blocking(move || registry.update(&name, &bytes))
-                .await
-                .unwrap_or_else(|e| Update::Refused(format!("the load task failed: {e}")))
-        }
-    };
+    let outcome = registry.load(&name, ticket, component_of(&cm)).await;
     match outcome {
         Update::Swapped => {
             tracing::info!(plugin = %name, digest = ?registry.get(&name).map(|p| p.digest.clone()), "plugin loaded")
         }
-        Update::Unchanged => {}
+        Update::Unchanged | Update::Superseded => {}
         Update::Refused(reason) => {
             tracing::warn!(plugin = %name, %reason, "plugin refused; the last good version stays in use");
             let event = kube::runtime::events::Event {

@@ -50,8 +50,55 @@ struct Plan {
     blocked_all: bool,
 }
 
+/// A child write that failed with an API error (403, 422, a webhook's or a
+/// quota's denial, …), or waits out its backoff after one.
+struct WriteFailure {
+    child: String,
+    message: String,
+    retry_in: Duration,
+    /// Failed in this reconcile (not only waiting): worth an Event.
+    new: bool,
+}
+
+impl WriteFailure {
+    fn waiting(child: &str, retry_in: Duration, message: String) -> WriteFailure {
+        WriteFailure {
+            child: child.to_string(),
+            message,
+            retry_in,
+            new: false,
+        }
+    }
+}
+
+/// What the API server said when it refused a write for good (not a
+/// conflict, which is retried at once, nor a transport error).
+fn refusal(e: &Error) -> Option<String> {
+    match e {
+        Error::Kube(kube::Error::Api(s)) if s.code != 409 => {
+            Some(format!("{} ({} {})", s.message, s.code, s.reason))
+        }
+        Error::Refused(message) => Some(message.clone()),
+        _ => None,
+    }
+}
+
+fn action_verb(action: &Action) -> &'static str {
+    match action {
+        Action::Create { .. } => "cannot create",
+        Action::Scale { .. } => "cannot scale",
+        Action::SetInitialReplicas { .. } => "cannot annotate",
+        Action::Delete { .. } => "cannot delete",
+    }
+}
+
 pub async fn reconcile(set: Arc<DisaggregatedSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = std::time::Instant::now();
+    let _running = ctx.health.reconciling(format!(
+        "{}/{}",
+        set.namespace().unwrap_or_default(),
+        set.name_any()
+    ));
     let result = reconcile_inner(&set, &ctx).await;
     ctx.metrics
         .reconciled(started.elapsed(), result.as_ref().err());
@@ -92,11 +139,14 @@ async fn reconcile_inner(
             .map_err(|e| Error::Internal(format!("the decide task failed: {e}")))?
     };
 
-    // Act.
+    // Act. A write that fails stops the rest of its role's writes in its
+    // slice (their order keeps the rollout's bounds), not other roles or
+    // slices; the object backs off on its own, and the set reports it.
+    let mut write_failures: Vec<WriteFailure> = Vec::new();
     if let Some(decision) = &plan.decision {
-        let role_of: BTreeMap<&str, &str> = children
+        let role_of: BTreeMap<&str, (&str, i32)> = children
             .iter()
-            .map(|c| (c.name.as_str(), c.role.as_str()))
+            .map(|c| (c.name.as_str(), (c.role.as_str(), c.slice)))
             .collect();
         let held_slices: Vec<i32> = match &plan.hold {
             Some(_) => decision
@@ -114,26 +164,70 @@ async fn reconcile_inner(
                 .filter(|s| !held_slices.contains(&s.slice))
                 .flat_map(|s| &s.actions),
         );
+        let mut stopped: Vec<(String, i32)> = Vec::new();
         for action in actions {
-            let role = match action {
-                Action::Create { role, .. } => Some(role.as_str()),
+            let (target, role) = match action {
+                Action::Create { role, slice, .. } => (
+                    crate::core::render::child_name(&name, *slice, &plan.target.revision, role),
+                    Some((role.as_str(), *slice)),
+                ),
                 Action::Scale { name, .. }
                 | Action::SetInitialReplicas { name, .. }
-                | Action::Delete { name } => role_of.get(name.as_str()).copied(),
+                | Action::Delete { name } => {
+                    (name.clone(), role_of.get(name.as_str()).copied())
+                }
             };
-            if plan.blocked_all || role.is_some_and(|r| plan.blocked_roles.iter().any(|b| b == r)) {
+            if plan.blocked_all
+                || role.is_some_and(|(r, _)| plan.blocked_roles.iter().any(|b| b == r))
+                || role.is_some_and(|(r, s)| stopped.iter().any(|(sr, ss)| sr == r && *ss == s))
+            {
                 continue;
             }
-            execute(set, ctx, &lws_api, &plan, action).await?;
+            let key = format!("{ns}/{target}");
+            if let Some(wait) = ctx.backoff.waiting(&key) {
+                write_failures.push(WriteFailure::waiting(&target, wait, ctx.backoff.last(&key)));
+                if let Some((r, s)) = role {
+                    stopped.push((r.to_string(), s));
+                }
+                continue;
+            }
+            match execute(set, ctx, &lws_api, &plan, action).await {
+                Ok(()) => ctx.backoff.succeeded(&key),
+                Err(e) if refusal(&e).is_some() => {
+                    let message = format!(
+                        "{} LeaderWorkerSet {target}: {}",
+                        action_verb(action),
+                        refusal(&e).unwrap_or_default()
+                    );
+                    let wait = ctx.backoff.failed(&key, &message);
+                    write_failures.push(WriteFailure {
+                        child: target.clone(),
+                        message,
+                        retry_in: wait,
+                        new: true,
+                    });
+                    if let Some((r, s)) = role {
+                        stopped.push((r.to_string(), s));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
     // Report.
-    let (status, now) = report(set, ctx, &plan, &children).await?;
+    let (status, now) = report(set, ctx, &plan, &children, &write_failures).await?;
+    if let Some(soonest) = write_failures.iter().map(|w| w.retry_in).min() {
+        return Ok(Requeue::requeue(soonest.max(Duration::from_millis(100))));
+    }
     let rolling = plan
         .decision
         .as_ref()
         .is_some_and(|d| d.slices.iter().any(|s| s.rolling()));
+    if plan.failures.iter().any(|f| f.retry) {
+        // A plugin that could not be asked (busy, compiling): ask again soon.
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
     Ok(match (&plan.hold, rolling) {
         (Some((_, recheck)), _) => Requeue::requeue((*recheck).max(Duration::from_millis(200))),
         // Look again when the progress deadline passes, to report Degraded on time.
@@ -247,7 +341,17 @@ fn plan(
     let rt = ctx.plugins.runtime();
     let effective = bindings::effective(&ctx.default_plugins, &set.spec.plugins);
     let (bound, mut failures) = bindings::resolve(&effective, |n| ctx.plugins.get(n));
+    // A plugin still compiling is not missing: wait for it, whatever the policy.
+    for f in &mut failures {
+        if f.reason == "PluginMissing" && ctx.plugins.is_loading(&f.plugin) {
+            let e = crate::plugin::PluginError::Loading {
+                plugin: f.plugin.clone(),
+            };
+            (f.reason, f.message, f.retry) = (e.reason(), e.to_string(), true);
+        }
+    }
     let mut violations = crate::api::validate::validate(set);
+    violations.extend(bindings::overrides(&ctx.default_plugins, &set.spec.plugins));
     if violations.is_empty() {
         let (v, f) = bindings::validate(rt, set, &bound);
         violations.extend(v);
@@ -461,8 +565,26 @@ async fn execute(
             let Some(lws) = plan.rendered.get(&name) else {
                 return Ok(());
             };
-            api.patch(&name, &ctx.apply_params(), &Patch::Apply(lws))
-                .await?;
+            // A plain create: an object that already holds the name is never
+            // taken over (server-side apply would adopt it).
+            let params = PostParams {
+                field_manager: Some(super::FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            match api.create(&params, lws).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let existing = api.get(&name).await?;
+                    if is_controlled_by(&existing.metadata, &set.uid().unwrap_or_default()) {
+                        // Ours, created by an earlier reconcile our view had not seen yet.
+                        return Ok(());
+                    }
+                    return Err(Error::Refused(format!(
+                        "another object, not controlled by this set, already holds the name {name}; the operator never adopts it: delete or rename it (AlreadyExists)"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
             ctx.metrics.step("create");
             ctx.event(set, EventType::Normal, "CreatedChild", "Rollout",
                       format!("created LeaderWorkerSet {name} (role {role}, slice {slice}, revision {}) at {replicas} replicas", plan.target.revision)).await;
@@ -511,6 +633,7 @@ async fn report(
     ctx: &Context,
     plan: &Plan,
     children: &[Child],
+    write_failures: &[WriteFailure],
 ) -> Result<(DisaggregatedSetStatus, Time), Error> {
     let previous = set.status.as_ref();
     let hold = plan.hold.as_ref().map(|(h, _)| h);
@@ -530,9 +653,12 @@ async fn report(
     let failing: Vec<String> = plan
         .failures
         .iter()
-        .map(|f| match &f.role {
-            Some(r) => format!("{} (role {r}, {:?}): {}", f.plugin, f.policy, f.message),
-            None => format!("{} ({:?}): {}", f.plugin, f.policy, f.message),
+        .map(|f| {
+            let hook = f.hook.map(|h| format!("{h}, ")).unwrap_or_default();
+            match &f.role {
+                Some(r) => format!("{} ({hook}role {r}, {:?}): {}", f.plugin, f.policy, f.message),
+                None => format!("{} ({hook}{:?}): {}", f.plugin, f.policy, f.message),
+            }
         })
         .chain(plan.refused.iter().cloned())
         .collect();
@@ -540,12 +666,11 @@ async fn report(
         previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]),
         conditions::PLUGINS_READY,
         failing.is_empty(),
-        if failing.is_empty() {
-            "PluginsLoaded"
-        } else if plan.failures.is_empty() {
-            "PluginRefused"
-        } else {
-            "PluginFailed"
+        // The first failure's own reason (PluginTimeout, PluginMissing, …).
+        match plan.failures.first() {
+            _ if failing.is_empty() => "PluginsLoaded",
+            Some(f) => f.reason,
+            None => "PluginRefused",
         },
         if failing.is_empty() {
             "every bound plugin is loaded and answering".into()
@@ -556,6 +681,33 @@ async fn report(
         &now,
     );
     status.conditions.push(plugins_ready);
+    // Like a Deployment's: present while child writes are refused.
+    if !write_failures.is_empty() {
+        // No countdown in the message: status changes only when what failed does.
+        let mut list: Vec<String> = write_failures.iter().map(|w| w.message.clone()).collect();
+        list.sort();
+        list.dedup();
+        status.conditions.push(status::condition(
+            previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]),
+            conditions::REPLICA_FAILURE,
+            true,
+            "FailedWrite",
+            truncate_message(&list.join("; ")),
+            set.metadata.generation,
+            &now,
+        ));
+    }
+    for w in write_failures.iter().filter(|w| w.new) {
+        ctx.event(
+            set,
+            EventType::Warning,
+            "FailedWrite",
+            "Rollout",
+            format!("{}; retrying in {} s", w.message, w.retry_in.as_secs().max(1)),
+        )
+        .await;
+        tracing::warn!(set = %set.name_any(), child = %w.child, "{}", w.message);
+    }
 
     // Events for what changed since the last status.
     let was_held = previous
@@ -591,8 +743,9 @@ async fn report(
                 "PluginFailed",
                 "Plugin",
                 format!(
-                    "plugin {} ({:?}){}: {}",
+                    "plugin {} ({}{:?}){}: {}",
                     f.plugin,
+                    f.hook.map(|h| format!("{h}, ")).unwrap_or_default(),
                     f.policy,
                     f.role
                         .as_ref()
@@ -631,6 +784,18 @@ async fn report(
         )?;
     }
     Ok((status, now))
+}
+
+/// Condition messages stay readable (and far under the API's limits).
+fn truncate_message(s: &str) -> String {
+    if s.len() <= 2048 {
+        return s.to_string();
+    }
+    let mut end = 2048;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// A write to an object that may have gone meanwhile: `Ok(false)` on 404

@@ -56,15 +56,18 @@ impl Child {
             slice: labels.get(keys::SLICE)?.parse().ok()?,
             revision: labels.get(keys::REVISION)?.clone(),
             role: labels.get(keys::ROLE)?.clone(),
-            replicas: lws.spec.replicas,
-            ready_replicas: status.ready_replicas,
-            status_replicas: status.replicas,
+            // Observed numbers are clamped so no sum over them can overflow,
+            // whatever a user or another controller wrote.
+            replicas: bounded(lws.spec.replicas),
+            ready_replicas: bounded(status.ready_replicas),
+            status_replicas: bounded(status.replicas),
             initial_replicas: lws
                 .metadata
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(keys::INITIAL_REPLICAS))
-                .and_then(|v| v.parse().ok()),
+                .and_then(|v| v.parse().ok())
+                .map(bounded),
             created: lws
                 .metadata
                 .creation_timestamp
@@ -584,11 +587,11 @@ pub fn target_for(
             .roles
             .iter()
             .map(|r| {
-                let replicas = if r.is_external() {
+                let replicas = bounded(if r.is_external() {
                     external(r)
                 } else {
                     r.spec.replicas
-                };
+                });
                 let cfg = r
                     .spec
                     .rollout_strategy
@@ -602,4 +605,9 @@ pub fn target_for(
             })
             .collect(),
     }
+}
+
+/// A replica count held to `0..=MAX_REPLICAS`, the range the CRDs allow.
+pub fn bounded(replicas: i32) -> i32 {
+    replicas.clamp(0, crate::api::limits::MAX_REPLICAS)
 }

@@ -14,6 +14,8 @@ pub mod conditions {
     pub const ROLLOUT_HELD: &str = "RolloutHeld";
     pub const PLUGINS_READY: &str = "PluginsReady";
     pub const VALID: &str = "Valid";
+    /// Present (True) while the API server refuses writes to the set's children.
+    pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 }
 
 /// A rollout gate holding the set.

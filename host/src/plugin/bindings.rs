@@ -20,12 +20,20 @@ pub struct Bound {
     pub plugin: Arc<LoadedPlugin>,
 }
 
+/// `roles` limits every hook alike: `patch-role` and `scale-role` run for
+/// the listed roles only, `gate-step` is asked about steps that change one of
+/// them, and `validate` runs while the set has one of them. Absent means
+/// every role; `roles: []` turns the binding off.
 impl Bound {
     fn applies_to(&self, role: &str) -> bool {
         self.binding
             .roles
             .as_ref()
             .is_none_or(|r| r.iter().any(|n| n == role))
+    }
+
+    fn applies_to_any<'r>(&self, mut roles: impl Iterator<Item = &'r str>) -> bool {
+        roles.any(|r| self.applies_to(r))
     }
 
     fn config_json(&self) -> String {
@@ -44,48 +52,113 @@ pub struct Failure {
     pub policy: FailurePolicy,
     /// The role it concerns, if one.
     pub role: Option<String>,
+    /// The hook that failed (none when the plugin could not be resolved).
+    pub hook: Option<&'static str>,
     pub reason: &'static str,
     pub message: String,
+    /// The plugin was not asked at all (every call slot busy, still
+    /// compiling): retried soon, and it holds back what the plugin would
+    /// decide whatever the policy — `Ignore` skips a plugin that failed, not
+    /// one that never ran.
+    pub retry: bool,
 }
 
 impl Failure {
-    fn new(b: &PluginBinding, role: Option<&str>, e: &PluginError) -> Failure {
+    fn new(b: &PluginBinding, hook: Hook, role: Option<&str>, e: &PluginError) -> Failure {
         Failure {
             plugin: b.name.clone(),
             policy: b.failure_policy,
             role: role.map(str::to_string),
+            hook: Some(hook_name(hook)),
             reason: e.reason(),
             message: e.to_string(),
+            retry: e.retryable(),
         }
     }
 
-    /// Whether this failure stops changes (policy Fail) rather than skipping the plugin.
+    /// Whether this failure stops changes (policy Fail, or a retry) rather than skipping the plugin.
     pub fn blocks(&self) -> bool {
-        self.policy == FailurePolicy::Fail
+        self.policy == FailurePolicy::Fail || self.retry
     }
 }
 
-/// The bindings a set runs with (DESIGN §6.3): the operator's default
-/// bindings first, except those the set binds itself (by name), then the set's
-/// own in its order, so the set's patches apply last. A set turns a default
-/// off by binding it with `roles: []`.
-pub fn effective(defaults: &[PluginBinding], own: &[PluginBinding]) -> Vec<PluginBinding> {
+/// A hook's name in the contract (`wit/plugin.wit`), as status and metrics show it.
+pub fn hook_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::PatchRole => "patch-role",
+        Hook::ScaleRole => "scale-role",
+        Hook::GateStep => "gate-step",
+        Hook::Validate => "validate",
+    }
+}
+
+/// One of the operator's own bindings (`--default-plugins`). A mandatory one
+/// is organisation policy: every set runs it exactly as configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DefaultBinding {
+    pub binding: PluginBinding,
+    pub mandatory: bool,
+}
+
+/// The bindings a set runs with: the operator's default bindings first,
+/// except optional ones the set binds itself (by name), then the set's own
+/// in its order, so the set's patches apply last. A set turns an optional
+/// default off by binding it with `roles: []`; it cannot touch a mandatory
+/// one ([`overrides`] reports the attempt, and its own binding is dropped).
+pub fn effective(defaults: &[DefaultBinding], own: &[PluginBinding]) -> Vec<PluginBinding> {
+    let mandatory = |name: &str| defaults.iter().any(|d| d.mandatory && d.binding.name == name);
     defaults
         .iter()
-        .filter(|d| own.iter().all(|b| b.name != d.name))
-        .chain(own)
+        .filter(|d| d.mandatory || own.iter().all(|b| b.name != d.binding.name))
+        .map(|d| &d.binding)
+        .chain(own.iter().filter(|b| !mandatory(&b.name)))
         .cloned()
         .collect()
 }
 
+/// A set's own bindings of plugins the operator makes mandatory: each is a
+/// violation (the set is `Valid=False` until it drops the binding), whatever
+/// it tries — another config, a digest pin, `Ignore`, `roles: []`.
+pub fn overrides(defaults: &[DefaultBinding], own: &[PluginBinding]) -> Vec<Violation> {
+    own.iter()
+        .enumerate()
+        .filter(|(_, b)| defaults.iter().any(|d| d.mandatory && d.binding.name == b.name))
+        .map(|(i, b)| Violation {
+            field: format!("spec.plugins[{i}]"),
+            message: format!(
+                "binds plugin {:?}, which the operator binds to every set as mandatory policy; a set cannot override or turn it off: remove this binding",
+                b.name
+            ),
+        })
+        .collect()
+}
+
 /// Parses the operator's default bindings (`--default-plugins`): a YAML or
-/// JSON list shaped like `spec.plugins`, checked as a set's bindings are.
-pub fn parse_defaults(text: &str) -> Result<Vec<PluginBinding>, String> {
-    let list: Vec<PluginBinding> = serde_yaml_ng::from_str(text)
-        .map_err(|e| format!("--default-plugins: not a list of plugin bindings: {e}"))?;
-    let problems = crate::api::validate::plugin_bindings(&list, "--default-plugins", None);
+/// JSON list shaped like `spec.plugins`, each entry optionally with
+/// `mandatory: true`, checked as a set's bindings are.
+pub fn parse_defaults(text: &str) -> Result<Vec<DefaultBinding>, String> {
+    let not_a_list = |e: String| format!("--default-plugins: not a list of plugin bindings: {e}");
+    let list: Vec<serde_json::Value> =
+        serde_yaml_ng::from_str(text).map_err(|e| not_a_list(e.to_string()))?;
+    let mut defaults = Vec::new();
+    for (i, mut entry) in list.into_iter().enumerate() {
+        let mandatory = match entry.as_object_mut().and_then(|o| o.remove("mandatory")) {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(other) => {
+                return Err(format!(
+                    "--default-plugins[{i}].mandatory: must be true or false, is {other}"
+                ));
+            }
+        };
+        let binding: PluginBinding = serde_json::from_value(entry)
+            .map_err(|e| not_a_list(format!("entry {i}: {e}")))?;
+        defaults.push(DefaultBinding { binding, mandatory });
+    }
+    let bindings: Vec<PluginBinding> = defaults.iter().map(|d| d.binding.clone()).collect();
+    let problems = crate::api::validate::plugin_bindings(&bindings, "--default-plugins", None);
     if problems.is_empty() {
-        Ok(list)
+        Ok(defaults)
     } else {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         Err(list.join("; "))
@@ -105,8 +178,10 @@ pub fn resolve(
             plugin: b.name.clone(),
             policy: b.failure_policy,
             role: None,
+            hook: None,
             reason,
             message,
+            retry: false,
         };
         match lookup(&b.name) {
             None => failures.push(fail(
@@ -157,13 +232,16 @@ pub fn validate(
     let set_json = serde_json::to_string(set).expect("a set serialises");
     let mut violations = Vec::new();
     let mut failures = Vec::new();
-    for b in bound.iter().filter(|b| b.plugin.implements(Hook::Validate)) {
+    for b in bound.iter().filter(|b| {
+        b.plugin.implements(Hook::Validate)
+            && b.applies_to_any(set.spec.roles.iter().map(|r| r.name.as_str()))
+    }) {
         match rt.validate(&b.plugin, &set_json, &b.config_json()) {
             Ok(list) => violations.extend(list.into_iter().map(|v| Violation {
                 field: v.field,
                 message: format!("{} (plugin {})", v.message, b.binding.name),
             })),
-            Err(e) => failures.push(Failure::new(&b.binding, None, &e)),
+            Err(e) => failures.push(Failure::new(&b.binding, Hook::Validate, None, &e)),
         }
     }
     (violations, failures)
@@ -212,7 +290,7 @@ pub fn scale(
                     desired.insert(role.name.clone(), advice.replicas);
                 }
                 Ok(None) => {}
-                Err(e) => failures.push(Failure::new(&b.binding, Some(&role.name), &e)),
+                Err(e) => failures.push(Failure::new(&b.binding, Hook::ScaleRole, Some(&role.name), &e)),
             }
         }
     }
@@ -253,7 +331,7 @@ pub fn patch(
         match result {
             Ok(patched) => lws = patched,
             Err(e) => {
-                let failure = Failure::new(&b.binding, Some(role), &e);
+                let failure = Failure::new(&b.binding, Hook::PatchRole, Some(role), &e);
                 if failure.blocks() {
                     return (Err(failure), skipped);
                 }
@@ -272,7 +350,15 @@ pub fn gate(
     input: &GateInput,
 ) -> (Option<(String, String, u64)>, Vec<Failure>) {
     let mut failures = Vec::new();
-    for b in bound.iter().filter(|b| b.plugin.implements(Hook::GateStep)) {
+    let changing = input
+        .roles
+        .iter()
+        .filter(|r| r.old_now != r.old_next || r.new_now != r.new_next)
+        .map(|r| r.name.as_str());
+    let changing: Vec<&str> = changing.collect();
+    for b in bound.iter().filter(|b| {
+        b.plugin.implements(Hook::GateStep) && b.applies_to_any(changing.iter().copied())
+    }) {
         let input = GateInput {
             config: b.config_json(),
             ..input.clone()
@@ -286,7 +372,7 @@ pub fn gate(
                 );
             }
             Err(e) => {
-                let failure = Failure::new(&b.binding, None, &e);
+                let failure = Failure::new(&b.binding, Hook::GateStep, None, &e);
                 if failure.blocks() {
                     let reason = failure.message.clone();
                     failures.push(failure);
@@ -313,9 +399,16 @@ mod tests {
         }
     }
 
+    fn default(name: &str, mandatory: bool) -> DefaultBinding {
+        DefaultBinding {
+            binding: binding(name, None),
+            mandatory,
+        }
+    }
+
     #[test]
     fn a_sets_own_binding_replaces_the_default_of_the_same_name() {
-        let defaults = [binding("role-profile", None), binding("gate", None)];
+        let defaults = [default("role-profile", false), default("gate", false)];
         let own = [binding("scaler", None), binding("gate", Some(&[]))];
         let names: Vec<String> = effective(&defaults, &own)
             .into_iter()
@@ -325,15 +418,52 @@ mod tests {
         assert_eq!(names, ["role-profile", "scaler", "gate"]);
         assert_eq!(effective(&defaults, &own)[2].roles, Some(vec![]));
         assert_eq!(effective(&[], &own), own.to_vec());
+        assert!(overrides(&defaults, &own).is_empty());
+    }
+
+    /// Every way a set might touch a mandatory binding is refused by name, and
+    /// the mandatory binding runs as configured.
+    #[test]
+    fn mandatory_defaults_cannot_be_overridden_or_turned_off() {
+        let defaults = [default("policy", true), default("role-profile", false)];
+        let attempts = [
+            binding("policy", Some(&[])),
+            PluginBinding {
+                failure_policy: FailurePolicy::Ignore,
+                ..binding("policy", None)
+            },
+            PluginBinding {
+                digest: Some(format!("sha256:{}", "0".repeat(64))),
+                ..binding("policy", None)
+            },
+            PluginBinding {
+                config: Some(serde_json::Map::from_iter([("off".into(), true.into())])),
+                ..binding("policy", None)
+            },
+        ];
+        for attempt in attempts {
+            let own = [binding("mine", None), attempt.clone()];
+            let v = overrides(&defaults, &own);
+            assert_eq!(v.len(), 1, "{attempt:?}");
+            assert_eq!(v[0].field, "spec.plugins[1]");
+            assert!(v[0].message.contains("\"policy\"") && v[0].message.contains("mandatory"));
+            let eff = effective(&defaults, &own);
+            assert_eq!(eff[0], defaults[0].binding, "the mandatory binding runs as configured");
+            assert_eq!(eff.iter().filter(|b| b.name == "policy").count(), 1);
+        }
     }
 
     #[test]
     fn default_bindings_parse_from_yaml_or_json_and_are_checked() {
         let parsed = parse_defaults(r#"[{"name": "role-profile"}]"#).unwrap();
-        assert_eq!(parsed, [binding("role-profile", None)]);
+        assert_eq!(parsed, [default("role-profile", false)]);
         let parsed =
-            parse_defaults("- name: gate\n  roles: [decode]\n  failurePolicy: Ignore\n").unwrap();
-        assert_eq!(parsed[0].failure_policy, FailurePolicy::Ignore);
+            parse_defaults("- name: gate\n  roles: [decode]\n  failurePolicy: Ignore\n  mandatory: true\n")
+                .unwrap();
+        assert_eq!(parsed[0].binding.failure_policy, FailurePolicy::Ignore);
+        assert!(parsed[0].mandatory);
+        let err = parse_defaults(r#"[{"name": "a", "mandatory": "yes"}]"#).unwrap_err();
+        assert!(err.contains("--default-plugins[0].mandatory"), "{err}");
         assert_eq!(parse_defaults("[]").unwrap(), []);
 
         let err = parse_defaults("{name: x}").unwrap_err();

@@ -27,6 +27,15 @@ pub enum PluginError {
     InvalidComponent { plugin: String, message: String },
     /// The hook was called but the plugin does not implement it.
     NotImplemented { plugin: String, hook: &'static str },
+    /// Every call slot stayed taken: the call never started. Retried; never
+    /// a reason to go on without the plugin, whatever its failure policy.
+    Busy {
+        plugin: String,
+        waited_ms: u64,
+        slots: usize,
+    },
+    /// The plugin's component is still being compiled. Retried like `Busy`.
+    Loading { plugin: String },
 }
 
 impl PluginError {
@@ -42,7 +51,16 @@ impl PluginError {
             PluginError::IncompatibleVersion { .. } => "PluginIncompatible",
             PluginError::InvalidComponent { .. } => "PluginInvalid",
             PluginError::NotImplemented { .. } => "PluginHookMissing",
+            PluginError::Busy { .. } => "PluginBusy",
+            PluginError::Loading { .. } => "PluginLoading",
         }
+    }
+
+    /// Whether the call did not happen at all for a transient reason of the
+    /// operator's own: such a failure is retried, and holds back what the
+    /// plugin would have decided under either failure policy.
+    pub fn retryable(&self) -> bool {
+        matches!(self, PluginError::Busy { .. } | PluginError::Loading { .. })
     }
 
     pub fn plugin(&self) -> &str {
@@ -55,7 +73,9 @@ impl PluginError {
             | PluginError::Failed { plugin, .. }
             | PluginError::IncompatibleVersion { plugin, .. }
             | PluginError::InvalidComponent { plugin, .. }
-            | PluginError::NotImplemented { plugin, .. } => plugin,
+            | PluginError::NotImplemented { plugin, .. }
+            | PluginError::Busy { plugin, .. }
+            | PluginError::Loading { plugin } => plugin,
         }
     }
 }
@@ -109,6 +129,17 @@ impl fmt::Display for PluginError {
                     f,
                     "plugin {plugin}: does not implement {hook} (see its describe)"
                 )
+            }
+            PluginError::Busy {
+                plugin,
+                waited_ms,
+                slots,
+            } => write!(
+                f,
+                "plugin {plugin}: not called: all {slots} plugin call slots stayed busy for {waited_ms} ms; retrying"
+            ),
+            PluginError::Loading { plugin } => {
+                write!(f, "plugin {plugin}: still being compiled; retrying")
             }
         }
     }

@@ -15,6 +15,10 @@ mod wit_world {
         path: "../wit",
         world: "plugin",
         additional_derives: [PartialEq, Eq],
+        // Hooks run as async calls so that a call blocked inside a host
+        // function (a WASI sleep or poll) can be abandoned at its deadline;
+        // the epoch deadline only interrupts Wasm code.
+        exports: { default: async },
     });
 }
 
@@ -34,18 +38,25 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 const HOOKS_EXPORT: &str = "disaggregatedset:plugin/hooks";
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
-/// Plugin calls running at once through the async wrappers; the rest wait.
-const MAX_CONCURRENT_CALLS: usize = 16;
-/// The largest component accepted, after gzip decompression.
-const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 
-/// Per-call limits.
+/// Per-call limits, and how many calls may run at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub deadline: Duration,
+    /// For all of a component's memories together.
     pub memory_bytes: usize,
     /// For a returned patch and for stdout/stderr each.
     pub output_bytes: usize,
+    /// Calls that may run at once, from every caller together; the rest wait
+    /// for a slot. Peak plugin memory is `concurrent_calls × memory_bytes`.
+    pub concurrent_calls: usize,
+    /// How long a call waits for a free slot before it is given up as
+    /// `PluginBusy` (retried on the next reconcile, never skipped).
+    pub slot_wait: Duration,
+    /// The largest component accepted, after gzip decompression.
+    pub component_bytes: usize,
+    /// How long compiling one component may take before it is refused.
+    pub compile_deadline: Duration,
 }
 
 impl Default for Limits {
@@ -54,6 +65,17 @@ impl Default for Limits {
             deadline: Duration::from_millis(100),
             memory_bytes: 64 << 20,
             output_bytes: 1 << 20,
+            concurrent_calls: 4,
+            slot_wait: Duration::from_secs(5),
+            // A ConfigMap holds at most 1 MiB, and gzip shrinks Wasm code about
+            // 3×, so 4 MiB admits anything a ConfigMap can carry (every shipped
+            // plugin is under 300 KiB) while bounding what one ConfigMap can
+            // make the operator inflate, hold and compile. A JavaScript
+            // component carries its engine (12 MB) and needs `--plugin-dir`
+            // with a raised limit.
+            component_bytes: 4 << 20,
+            // Compiling a shipped plugin takes well under a second on one core.
+            compile_deadline: Duration::from_secs(20),
         }
     }
 }
@@ -117,21 +139,30 @@ impl wit_world::disaggregatedset::plugin::host::Host for State {
     }
 }
 
-/// Refuses memory growth past the cap, and remembers that it did so the
-/// resulting trap can be reported as out-of-memory rather than a crash.
+/// Refuses memory growth past the cap, counted over all of a component's
+/// memories together (a component may hold several core instances, each with
+/// its own memories), and remembers that it did so the resulting trap can be
+/// reported as out-of-memory rather than a crash.
 struct Limiter {
     memory_bytes: usize,
+    /// Bytes of linear memory the instance holds, over all its memories.
+    used: usize,
     denied: bool,
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = desired <= self.memory_bytes;
+        // Called at instantiation too (from 0), so `used` covers every memory.
+        let after = self.used.saturating_add(desired.saturating_sub(current));
+        let ok = after <= self.memory_bytes;
+        if ok {
+            self.used = after;
+        }
         self.denied |= !ok;
         Ok(ok)
     }
@@ -147,18 +178,33 @@ impl wasmtime::ResourceLimiter for Limiter {
 }
 
 /// The plugin runtime: one engine, a linker that provides only `host` and
-/// sandboxed WASI stdio, and the compiled components by digest.
+/// sandboxed WASI, and the compiled components by digest.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<State>,
     limits: Limits,
-    compiled: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
-    calls: tokio::sync::Semaphore,
+    /// Compiled components by digest, for as long as someone holds them: a
+    /// component no binding or registry entry references any more is freed.
+    compiled: Mutex<HashMap<String, Weak<LoadedPlugin>>>,
+    /// The one bound on calls running at once (see [`Limits::concurrent_calls`]).
+    slots: tokio::sync::Semaphore,
+    /// Drives calls: its timer abandons a call at its deadline even while the
+    /// guest waits in a host function. Calls run on their caller's thread.
+    executor: Option<tokio::runtime::Runtime>,
     /// Told about every hook call, for metrics.
     observer: std::sync::OnceLock<Observer>,
     /// Calls in flight; the epoch ticker sleeps while there are none, so an
     /// idle operator burns no CPU.
     busy: Arc<Busy>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Dropping a tokio runtime blocks, which panics on an async thread.
+        if let Some(executor) = self.executor.take() {
+            executor.shutdown_background();
+        }
+    }
 }
 
 /// Receives every hook call: plugin, hook, duration, and the error if it failed.
@@ -187,40 +233,90 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// One hook call's input.
+enum Request<'r> {
+    Describe,
+    PatchRole(&'r PatchInput),
+    ScaleRole(&'r ScaleInput),
+    GateStep(&'r GateInput),
+    Validate(&'r wit::ValidateRequest),
+}
+
+/// One hook call's output, as the guest returned it.
+enum Response {
+    Describe(wit::PluginInfo),
+    PatchRole(Result<wit::Patch, String>),
+    ScaleRole(Result<Option<ScaleAdvice>, String>),
+    GateStep(Result<GateDecision, String>),
+    Validate(Vec<Violation>),
+}
+
+async fn invoke(
+    plugin: &Plugin,
+    store: &mut Store<State>,
+    request: Request<'_>,
+) -> wasmtime::Result<Response> {
+    let hooks = plugin.disaggregatedset_plugin_hooks();
+    Ok(match request {
+        Request::Describe => Response::Describe(hooks.call_describe(store).await?),
+        Request::PatchRole(r) => Response::PatchRole(hooks.call_patch_role(store, r).await?),
+        Request::ScaleRole(r) => Response::ScaleRole(hooks.call_scale_role(store, r).await?),
+        Request::GateStep(r) => Response::GateStep(hooks.call_gate_step(store, r).await?),
+        Request::Validate(r) => Response::Validate(hooks.call_validate(store, r).await?),
+    })
+}
+
 impl Runtime {
     /// Builds the engine and starts its epoch ticker (a thread that lives as long as the runtime).
     pub fn new(limits: Limits) -> Result<Arc<Runtime>, String> {
+        if limits.concurrent_calls == 0 {
+            return Err("at least one concurrent plugin call is needed".into());
+        }
         let mut pool = PoolingAllocationConfig::default();
-        // Slots for the calls that may run at once (async callers are held to
-        // MAX_CONCURRENT_CALLS), with room for several core instances each.
-        let slots = MAX_CONCURRENT_CALLS as u32 * 2;
+        // One slot per call that may run at once, plus one for a load's
+        // `describe` (loads take a call slot too; the spare absorbs a slot
+        // whose store is still being torn down), with room for several core
+        // instances each. Calls never wait on the pool: the slots semaphore
+        // admits no more than it holds.
+        let slots = limits.concurrent_calls as u32 + 1;
         pool.total_component_instances(slots)
-            .total_core_instances(slots * 8)
-            .total_memories(slots)
-            .total_tables(slots * 4)
+            .total_core_instances(slots * 16)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .total_memories(slots * 4)
+            .total_tables(slots * 16)
+            .total_stacks(slots)
             .max_memory_size(limits.memory_bytes)
             // Keeping the first MiBs of each slot resident (reset with memset, not
             // madvise) avoids page faults on fresh instances, which otherwise
-            // dominate a call (DESIGN §8). Untouched pages still cost nothing.
+            // dominate a call (docs/plugins.md). Untouched pages still cost nothing.
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
+            .async_stack_size(1 << 20)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine =
             Engine::new(&config).map_err(|e| format!("cannot start the Wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
         Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| e.to_string())?;
+        let executor = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("plugin-timer")
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start the plugin call executor: {e}"))?;
         let runtime = Arc::new(Runtime {
             engine,
             linker,
             limits,
             compiled: Mutex::new(HashMap::new()),
-            calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS),
+            slots: tokio::sync::Semaphore::new(limits.concurrent_calls),
+            executor: Some(executor),
             busy: Arc::default(),
             observer: std::sync::OnceLock::new(),
         });
@@ -232,21 +328,22 @@ impl Runtime {
         self.limits
     }
 
-    /// The digest of a component's bytes (gzip is undone first).
+    /// The digest of a component's bytes (gzip is undone first, up to 64 MiB;
+    /// [`Runtime::load`] holds components to the configured, smaller limit).
     pub fn digest(bytes: &[u8]) -> Result<String, String> {
-        Ok(sha256(&decompress(bytes)?))
+        Ok(sha256(&decompress(bytes, 64 << 20)?))
     }
 
     /// Compiles (or finds already compiled) and checks a component: it must be
     /// a component exporting `hooks` at a version we serve, import nothing we
     /// do not provide, and answer `describe` within limits. CPU-heavy on first
-    /// load: call it off the async executor.
+    /// load, and blocking: call it off the async executor.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, PluginError> {
         let invalid = |message: String| PluginError::InvalidComponent {
             plugin: name.to_string(),
             message,
         };
-        let bytes = decompress(bytes).map_err(invalid)?;
+        let bytes = decompress(bytes, self.limits.component_bytes).map_err(invalid)?;
         let digest = sha256(&bytes);
         if let Some(found) = self.cached(&digest)
             && found.name == name
@@ -254,8 +351,7 @@ impl Runtime {
             return Ok(found);
         }
         let started = Instant::now();
-        let component =
-            Component::new(&self.engine, &bytes).map_err(|e| invalid(root_cause(&e)))?;
+        let component = self.compile(name, bytes.clone())?;
         let compile_time = started.elapsed();
         self.check_version(name, &component)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
@@ -282,28 +378,68 @@ impl Runtime {
             compile_time,
             pre,
         };
-        let info = self.call(&loaded, |p, s| {
-            p.disaggregatedset_plugin_hooks().call_describe(s)
-        })?;
+        let Response::Describe(info) = self.call(&loaded, Request::Describe)? else {
+            unreachable!("describe answers with describe")
+        };
         loaded.info = PluginInfo {
-            name: info.name,
-            version: info.version,
+            name: truncate(&info.name, 256),
+            version: truncate(&info.version, 256),
             hooks: info.hooks,
         };
         let loaded = Arc::new(loaded);
-        self.compiled
-            .lock()
-            .expect("plugin cache lock")
-            .insert(digest, loaded.clone());
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        compiled.retain(|_, p| p.strong_count() > 0);
+        compiled.insert(digest, Arc::downgrade(&loaded));
         Ok(loaded)
+    }
+
+    /// Compiles on a thread of its own, giving up after the compile deadline.
+    /// Cranelift cannot be interrupted: a compile that overruns finishes on
+    /// its thread (its time bounded by the size limit) and is thrown away.
+    fn compile(&self, name: &str, bytes: Vec<u8>) -> Result<Component, PluginError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let engine = self.engine.clone();
+        std::thread::Builder::new()
+            .name(format!("compile-{name}"))
+            .spawn(move || {
+                let _ = tx.send(Component::new(&engine, &bytes));
+            })
+            .map_err(|e| PluginError::InvalidComponent {
+                plugin: name.to_string(),
+                message: format!("cannot start a compile thread: {e}"),
+            })?;
+        let deadline = self.limits.compile_deadline;
+        match rx.recv_timeout(deadline) {
+            Ok(compiled) => compiled.map_err(|e| PluginError::InvalidComponent {
+                plugin: name.to_string(),
+                message: root_cause(&e),
+            }),
+            Err(_) => Err(PluginError::InvalidComponent {
+                plugin: name.to_string(),
+                message: format!(
+                    "compiling it took longer than {} s; it is refused",
+                    deadline.as_secs()
+                ),
+            }),
+        }
     }
 
     fn cached(&self, digest: &str) -> Option<Arc<LoadedPlugin>> {
         self.compiled
             .lock()
-            .expect("plugin cache lock")
+            .unwrap_or_else(|p| p.into_inner())
             .get(digest)
-            .cloned()
+            .and_then(Weak::upgrade)
+    }
+
+    /// Compiled components still held by someone (for tests and metrics).
+    pub fn compiled_count(&self) -> usize {
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| p.strong_count() > 0)
+            .count()
     }
 
     fn check_version(&self, name: &str, component: &Component) -> Result<(), PluginError> {
@@ -355,17 +491,35 @@ impl Runtime {
         result
     }
 
-    /// Runs one hook on a fresh instance within the limits.
-    fn call<R>(
+    /// Runs one hook on a fresh instance within the limits, on the calling
+    /// thread (blocking: call it off the async executor). It returns within
+    /// the deadline plus a tick whatever the guest does: Wasm code is
+    /// interrupted by the epoch, a host call it waits in is abandoned.
+    fn call(&self, plugin: &LoadedPlugin, request: Request<'_>) -> Result<Response, PluginError> {
+        let executor = self.executor.as_ref().expect("the executor lives as long as the runtime");
+        executor.block_on(self.call_async(plugin, request))
+    }
+
+    async fn call_async(
         &self,
         plugin: &LoadedPlugin,
-        f: impl FnOnce(&Plugin, &mut Store<State>) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginError> {
+        request: Request<'_>,
+    ) -> Result<Response, PluginError> {
         let limits = self.limits;
+        let name = || plugin.name.clone();
+        let busy = || PluginError::Busy {
+            plugin: name(),
+            waited_ms: limits.slot_wait.as_millis() as u64,
+            slots: limits.concurrent_calls,
+        };
+        let Ok(Ok(_slot)) = tokio::time::timeout(limits.slot_wait, self.slots.acquire()).await else {
+            return Err(busy());
+        };
         let _in_flight = InFlight::new(&self.busy);
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
         let stderr = MemoryOutputPipe::new(limits.output_bytes);
-        // No preopened directories, environment, arguments or network.
+        // No preopened directories, environment, arguments or network; stdin
+        // is closed (docs/plugins.md lists the whole WASI surface).
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -381,6 +535,7 @@ impl Runtime {
                 table: ResourceTable::new(),
                 limiter: Limiter {
                     memory_bytes: limits.memory_bytes,
+                    used: 0,
                     denied: false,
                 },
             },
@@ -390,22 +545,31 @@ impl Runtime {
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
-        let result = plugin
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| f(&instance, &mut store));
+        // The wall-clock bound: what the epoch cannot interrupt (a guest
+        // waiting in poll, sleep or a read) is dropped here, instance and all.
+        let wall = limits.deadline + 2 * EPOCH_TICK;
+        let run = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            invoke(&instance, &mut store, request).await
+        };
+        let outcome = tokio::time::timeout(wall, run).await;
         forward_output(&plugin.name, "stdout", &stdout.contents());
         forward_output(&plugin.name, "stderr", &stderr.contents());
+        let timeout = || PluginError::Timeout {
+            plugin: name(),
+            limit_ms: limits.deadline.as_millis() as u64,
+        };
+        let Ok(result) = outcome else {
+            return Err(timeout());
+        };
         result.map_err(|e| {
-            let name = plugin.name.clone();
             if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                PluginError::Timeout {
-                    plugin: name,
-                    limit_ms: limits.deadline.as_millis() as u64,
-                }
+                timeout()
+            } else if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                busy()
             } else if store.data().limiter.denied {
                 PluginError::OutOfMemory {
-                    plugin: name,
+                    plugin: name(),
                     limit_bytes: limits.memory_bytes as u64,
                 }
             } else if format!("{e:#}").contains("beyond capacity")
@@ -414,8 +578,16 @@ impl Runtime {
                     .any(|p| p.contents().len() + 8192 >= limits.output_bytes)
             {
                 PluginError::OutputTooLarge {
-                    plugin: name,
+                    plugin: name(),
                     limit_bytes: limits.output_bytes as u64,
+                }
+            } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                PluginError::Trap {
+                    plugin: name(),
+                    message: format!(
+                        "it called exit({}); a plugin returns its answer instead",
+                        exit.0
+                    ),
                 }
             } else {
                 // A Rust guest prints its panic message to stderr before it traps.
@@ -428,7 +600,7 @@ impl Runtime {
                     format!("{}; it printed: {}", root_cause(&e), truncate(&said, 1024))
                 };
                 PluginError::Trap {
-                    plugin: name,
+                    plugin: name(),
                     message,
                 }
             }
@@ -469,12 +641,12 @@ impl Runtime {
     ) -> Result<LwsPatch, PluginError> {
         self.observed(plugin, Hook::PatchRole, || {
             self.require(plugin, Hook::PatchRole, "patch-role")?;
-            let out = self.call(plugin, |p, s| {
-                p.disaggregatedset_plugin_hooks().call_patch_role(s, input)
-            })?;
-            let failed = |message| PluginError::Failed {
+            let Response::PatchRole(out) = self.call(plugin, Request::PatchRole(input))? else {
+                unreachable!("patch-role answers with patch-role")
+            };
+            let failed = |message: String| PluginError::Failed {
                 plugin: plugin.name.clone(),
-                message,
+                message: truncate(&message, MAX_MESSAGE_BYTES),
             };
             let parse = |text: &str| {
                 self.check_len(plugin, text.len())?;
@@ -499,23 +671,29 @@ impl Runtime {
     ) -> Result<Option<ScaleAdvice>, PluginError> {
         self.observed(plugin, Hook::ScaleRole, || {
             self.require(plugin, Hook::ScaleRole, "scale-role")?;
-            let out = self.call(plugin, |p, s| {
-                p.disaggregatedset_plugin_hooks().call_scale_role(s, input)
-            })?;
+            let Response::ScaleRole(out) = self.call(plugin, Request::ScaleRole(input))? else {
+                unreachable!("scale-role answers with scale-role")
+            };
             let advice = out.map_err(|message| PluginError::Failed {
                 plugin: plugin.name.clone(),
-                message,
+                message: truncate(&message, MAX_MESSAGE_BYTES),
             })?;
-            if let Some(a) = &advice {
-                self.check_len(plugin, a.reason.len())?;
-                if a.replicas < 0 {
-                    return Err(PluginError::BadOutput {
-                        plugin: plugin.name.clone(),
-                        message: format!("proposed {} replicas for {}", a.replicas, input.role),
-                    });
-                }
+            let Some(mut a) = advice else {
+                return Ok(None);
+            };
+            if !(0..=crate::api::limits::MAX_REPLICAS).contains(&a.replicas) {
+                return Err(PluginError::BadOutput {
+                    plugin: plugin.name.clone(),
+                    message: format!(
+                        "proposed {} replicas for {}; advice must be 0 to {}",
+                        a.replicas,
+                        input.role,
+                        crate::api::limits::MAX_REPLICAS
+                    ),
+                });
             }
-            Ok(advice)
+            a.reason = truncate(&a.reason, MAX_MESSAGE_BYTES);
+            Ok(Some(a))
         })
     }
 
@@ -527,15 +705,15 @@ impl Runtime {
     ) -> Result<GateDecision, PluginError> {
         self.observed(plugin, Hook::GateStep, || {
             self.require(plugin, Hook::GateStep, "gate-step")?;
-            let out = self.call(plugin, |p, s| {
-                p.disaggregatedset_plugin_hooks().call_gate_step(s, input)
-            })?;
-            let decision = out.map_err(|message| PluginError::Failed {
+            let Response::GateStep(out) = self.call(plugin, Request::GateStep(input))? else {
+                unreachable!("gate-step answers with gate-step")
+            };
+            let mut decision = out.map_err(|message| PluginError::Failed {
                 plugin: plugin.name.clone(),
-                message,
+                message: truncate(&message, MAX_MESSAGE_BYTES),
             })?;
-            if let GateDecision::Hold(h) = &decision {
-                self.check_len(plugin, h.reason.len())?;
+            if let GateDecision::Hold(h) = &mut decision {
+                h.reason = truncate(&h.reason, MAX_MESSAGE_BYTES);
             }
             Ok(decision)
         })
@@ -554,77 +732,31 @@ impl Runtime {
                 set: set_json.to_string(),
                 config: config_json.to_string(),
             };
-            let out = self.call(plugin, |p, s| {
-                p.disaggregatedset_plugin_hooks().call_validate(s, &input)
-            })?;
-            self.check_len(
-                plugin,
-                out.iter().map(|v| v.field.len() + v.message.len()).sum(),
-            )?;
+            let Response::Validate(mut out) = self.call(plugin, Request::Validate(&input))? else {
+                unreachable!("validate answers with validate")
+            };
+            // What reaches status stays small: a few violations, each short.
+            let more = out.len().saturating_sub(MAX_VIOLATIONS);
+            out.truncate(MAX_VIOLATIONS);
+            for v in &mut out {
+                v.field = truncate(&v.field, 256);
+                v.message = truncate(&v.message, MAX_MESSAGE_BYTES);
+            }
+            if more > 0 {
+                out.push(Violation {
+                    field: "spec".into(),
+                    message: format!("and {more} more violations"),
+                });
+            }
             Ok(out)
         })
     }
-
-    /// [`Runtime::load`] on tokio's blocking pool.
-    pub async fn load_async(
-        self: &Arc<Self>,
-        name: String,
-        bytes: Vec<u8>,
-    ) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let rt = self.clone();
-        self.blocking(move || rt.load(&name, &bytes)).await
-    }
-
-    /// [`Runtime::patch_role`] on tokio's blocking pool.
-    pub async fn patch_role_async(
-        self: &Arc<Self>,
-        plugin: Arc<LoadedPlugin>,
-        input: PatchInput,
-    ) -> Result<LwsPatch, PluginError> {
-        let rt = self.clone();
-        self.blocking(move || rt.patch_role(&plugin, &input)).await
-    }
-
-    /// [`Runtime::scale_role`] on tokio's blocking pool.
-    pub async fn scale_role_async(
-        self: &Arc<Self>,
-        plugin: Arc<LoadedPlugin>,
-        input: ScaleInput,
-    ) -> Result<Option<ScaleAdvice>, PluginError> {
-        let rt = self.clone();
-        self.blocking(move || rt.scale_role(&plugin, &input)).await
-    }
-
-    /// [`Runtime::gate_step`] on tokio's blocking pool.
-    pub async fn gate_step_async(
-        self: &Arc<Self>,
-        plugin: Arc<LoadedPlugin>,
-        input: GateInput,
-    ) -> Result<GateDecision, PluginError> {
-        let rt = self.clone();
-        self.blocking(move || rt.gate_step(&plugin, &input)).await
-    }
 }
 
-impl Runtime {
-    /// Runs a call on tokio's blocking pool, at most MAX_CONCURRENT_CALLS at once.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T, PluginError> + Send + 'static,
-    ) -> Result<T, PluginError> {
-        let _permit = self
-            .calls
-            .acquire()
-            .await
-            .expect("the call semaphore is never closed");
-        tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-            Err(PluginError::Trap {
-                plugin: "<host>".into(),
-                message: format!("the plugin call's thread failed: {e}"),
-            })
-        })
-    }
-}
+/// The longest message a plugin's answer may put into status or an Event.
+const MAX_MESSAGE_BYTES: usize = 512;
+/// The most violations one plugin may report at once.
+const MAX_VIOLATIONS: usize = 20;
 
 /// Advances the engine's epoch while calls are in flight, until the runtime
 /// is dropped. With no call in flight it waits (checking once a second
@@ -667,21 +799,28 @@ fn sha256(bytes: &[u8]) -> String {
     out
 }
 
-/// Undoes gzip (`plugin.wasm.gz`), refusing anything that inflates past the limit.
-fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
+/// Undoes gzip (`plugin.wasm.gz`), refusing anything larger than `max` bytes
+/// after decompression (without inflating more than that).
+fn decompress(bytes: &[u8], max: usize) -> Result<Vec<u8>, String> {
+    let too_large = || {
+        format!(
+            "the component is larger than the {} KiB limit (after gzip decompression)",
+            max >> 10
+        )
+    };
     if !bytes.starts_with(&[0x1f, 0x8b]) {
+        if bytes.len() > max {
+            return Err(too_large());
+        }
         return Ok(bytes.to_vec());
     }
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(bytes)
-        .take(MAX_COMPONENT_BYTES + 1)
+        .take(max as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| format!("invalid gzip: {e}"))?;
-    if out.len() as u64 > MAX_COMPONENT_BYTES {
-        return Err(format!(
-            "decompresses to more than {} MiB",
-            MAX_COMPONENT_BYTES >> 20
-        ));
+    if out.len() > max {
+        return Err(too_large());
     }
     Ok(out)
 }

@@ -103,6 +103,7 @@ impl Scene {
             write_failure,
             latency,
             seed: self.seed,
+            deny: Vec::new(),
         });
     }
 

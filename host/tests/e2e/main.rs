@@ -9,3 +9,4 @@ mod faults;
 mod harness;
 mod plugins;
 mod rollouts;
+mod trust;

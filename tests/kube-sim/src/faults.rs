@@ -18,6 +18,18 @@ pub struct FaultConfig {
     pub latency: Duration,
     /// Seeds the failure draws.
     pub seed: u64,
+    /// Requests refused every time, as an admission webhook, RBAC or a quota would.
+    pub deny: Vec<Denial>,
+}
+
+/// Every request with this method whose path contains `path` fails with
+/// `code` (403 Forbidden, 422 Invalid, …) and `message`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Denial {
+    pub method: String,
+    pub path: String,
+    pub code: u16,
+    pub message: String,
 }
 
 impl FaultConfig {
@@ -39,10 +51,25 @@ impl FaultConfig {
                 Some((fraction, code))
             }
         };
+        let deny = v["deny"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| Denial {
+                method: d["method"].as_str().unwrap_or("POST").to_uppercase(),
+                path: d["path"].as_str().unwrap_or_default().to_string(),
+                code: d["code"].as_u64().unwrap_or(403) as u16,
+                message: d["message"]
+                    .as_str()
+                    .unwrap_or("denied (injected by kube-sim)")
+                    .to_string(),
+            })
+            .collect();
         Ok(FaultConfig {
             write_failure,
             latency: Duration::from_millis(v["latencyMs"].as_u64().unwrap_or(0)),
             seed: v["seed"].as_u64().unwrap_or(1),
+            deny,
         })
     }
 }
@@ -102,6 +129,25 @@ impl Faults {
             429 => (429, "TooManyRequests", "the server has received too many requests and has asked us to try again later (injected by kube-sim)".to_string()),
             _ => (500, "InternalError", "an error on the server has prevented the request from succeeding (injected by kube-sim)".to_string()),
         })
+    }
+
+    /// The denial that applies to this request, if one does: `(code, reason, message)`.
+    pub fn denial(&self, method: &str, path: &str) -> Option<(u16, &'static str, String)> {
+        let guard = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let d = guard
+            .0
+            .deny
+            .iter()
+            .find(|d| d.method == method && path.contains(&d.path))?;
+        let reason = match d.code {
+            403 => "Forbidden",
+            404 => "NotFound",
+            409 => "AlreadyExists",
+            422 => "Invalid",
+            429 => "TooManyRequests",
+            _ => "InternalError",
+        };
+        Some((d.code, reason, d.message.clone()))
     }
 
     /// Ends every open watch (clients re-watch from their last version).

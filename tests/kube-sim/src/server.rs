@@ -423,6 +423,13 @@ async fn handle(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    if let Some((code, reason, message)) = sim.faults.denial(method.as_str(), path) {
+        return error_response(&StoreError {
+            code,
+            reason,
+            message,
+        });
+    }
     if method != Method::GET
         && let Some((code, reason, message)) = sim.faults.write_failure()
     {

@@ -1,5 +1,6 @@
 //! Tests of the pure core with plain values.
 mod execute;
+mod patch;
 mod planner_props;
 mod render;
 mod revision;

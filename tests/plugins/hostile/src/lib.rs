@@ -1,12 +1,22 @@
 //! A plugin that misbehaves on purpose, for the runtime's tests. Its config
-//! `mode` picks the misbehaviour; every hook misbehaves the same way, except
-//! `hold`: a gate that always holds.
+//! `mode` picks the misbehaviour; every hook misbehaves the same way (or only
+//! the one `only` names), except `hold`: a gate that always holds, and
+//! `scale`: advice of the config's `replicas`. Most of these are what an ordinary
+//! author might write by accident (a `sleep`, a read of stdin, `exit`), not
+//! attacks.
 
-use disagg_plugin_sdk::{GateDecision, GateRequest, Hook, Patch, PatchRequest, Plugin, Value};
+use disagg_plugin_sdk::{
+    GateDecision, GateRequest, Hook, Patch, PatchRequest, Plugin, ScaleAdvice, ScaleRequest, Value,
+};
+use std::io::Read;
 
 pub struct Hostile;
 
-fn misbehave(config: &Value) -> Result<Patch, String> {
+/// The misbehaviour for `hook`: the config's `mode`, unless `only` names another hook.
+fn misbehave(hook: &str, config: &Value) -> Result<Patch, String> {
+    if config["only"].as_str().is_some_and(|only| only != hook) {
+        return Ok(Patch::None);
+    }
     match config["mode"].as_str().unwrap_or("ok") {
         "loop" => {
             let mut n: u64 = 0;
@@ -38,6 +48,35 @@ fn misbehave(config: &Value) -> Result<Patch, String> {
             ))
         }
         "garbage" => Ok(Patch::Json(Value::String("not a patch".into()))),
+        // Blocks in a host call (wasi:io/poll), where the epoch deadline cannot interrupt.
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(Patch::None)
+        }
+        // Busy-waits on the monotonic clock: a host call per iteration.
+        "clock-spin" => {
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(3600) {}
+            Ok(Patch::None)
+        }
+        "stdin" => {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_to_string(&mut line);
+            // A closed stdin ends the read; then wait for more the ordinary way.
+            loop {
+                if std::io::stdin().read_to_string(&mut line).unwrap_or(0) > 0 {
+                    return Ok(Patch::None);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        "exit" => std::process::exit(3),
+        // Whatever the config's `patch` holds, as a JSON patch (or a merge patch with `merge: true`).
+        "return" => Ok(if config["merge"] == true {
+            Patch::Merge(config["patch"].clone())
+        } else {
+            Patch::Json(config["patch"].clone())
+        }),
         _ => Ok(Patch::None),
     }
 }
@@ -45,10 +84,21 @@ fn misbehave(config: &Value) -> Result<Patch, String> {
 impl Plugin for Hostile {
     const NAME: &'static str = "hostile";
     const VERSION: &'static str = "0.0.0";
-    const HOOKS: &'static [Hook] = &[Hook::PatchRole, Hook::GateStep];
+    const HOOKS: &'static [Hook] = &[Hook::PatchRole, Hook::GateStep, Hook::ScaleRole];
+
+    /// Only mode `scale` advises: the config's `replicas`, whatever it is.
+    fn scale_role(req: ScaleRequest) -> Result<Option<ScaleAdvice>, String> {
+        if req.config["mode"] != "scale" {
+            return Ok(None);
+        }
+        Ok(Some(ScaleAdvice {
+            replicas: req.config["replicas"].as_i64().unwrap_or(0) as i32,
+            reason: "hostile advice".into(),
+        }))
+    }
 
     fn patch_role(req: PatchRequest) -> Result<Patch, String> {
-        misbehave(&req.config)
+        misbehave("patch-role", &req.config)
     }
 
     fn gate_step(req: GateRequest) -> Result<GateDecision, String> {
@@ -58,7 +108,7 @@ impl Plugin for Hostile {
                 1000,
             ));
         }
-        misbehave(&req.config).map(|_| GateDecision::Proceed)
+        misbehave("gate-step", &req.config).map(|_| GateDecision::Proceed)
     }
 }
 

@@ -1,0 +1,246 @@
+//! The sandbox and the authority model in the live operator: plugins that
+//! block, sets that try to escape mandatory policy, writes the API server
+//! refuses, names already taken, and SIGTERM with a call in flight. Each
+//! shows on the right set, within seconds, while other sets carry on.
+
+use super::harness::*;
+use disagg::api::lws::LeaderWorkerSet;
+use disagg::api::set::DisaggregatedSet;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn reason_of(set: &DisaggregatedSet, type_: &str) -> Option<String> {
+    set.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.clone())
+}
+
+async fn warnings(client: &kube::Client, ns: &str, set: &str, reason: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(set))
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+/// A gate that calls `sleep` (ordinary code, no attack) used to stall its set
+/// forever. Now the call is abandoned at its deadline: under Fail the step is
+/// not taken and the set says PluginTimeout naming plugin and hook; under
+/// Ignore the gate is skipped; a bystander rolls out meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_gate_is_reported_within_seconds_and_stalls_nothing_else() {
+    let cluster = cluster("sleeping-gate").await;
+    install_plugin(&cluster.client, "hostile", "hostile").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let sleepy = |policy: &str| {
+        json!([{"name": "hostile", "config": {"mode": "sleep", "only": "gate-step"}, "failurePolicy": policy}])
+    };
+    for (name, plugins) in [
+        ("strict", sleepy("Fail")),
+        ("lenient", sleepy("Ignore")),
+        ("bystander", json!([])),
+    ] {
+        sets.create(&PostParams::default(), &example(name, plugins))
+            .await
+            .unwrap();
+    }
+    let mut before = BTreeMap::new();
+    for name in ["strict", "lenient", "bystander"] {
+        let (set, _) = until_available(&sets, &lws, name).await;
+        before.insert(name, revision_of(&set));
+        set_image(&sets, name, "vllm/vllm-openai:v0.12.0").await;
+    }
+    let changed = Instant::now();
+    let (strict, kids) = watch_until(
+        &sets,
+        &lws,
+        "strict",
+        "PluginsReady=False (PluginTimeout)",
+        |_| {},
+        |s, _| reason_of(s, "PluginsReady").as_deref() == Some("PluginTimeout"),
+    )
+    .await;
+    let reported = changed.elapsed();
+    assert!(reported < Duration::from_secs(5), "reported after {reported:?}");
+    let message = condition_message(&strict, "PluginsReady");
+    assert!(
+        message.contains("hostile") && message.contains("gate-step") && message.contains("timed out"),
+        "{message}"
+    );
+    assert_eq!(revisions(&kids), [before["strict"].clone()].into(), "no step taken under Fail");
+    let events = warnings(&cluster.client, "default", "strict", "PluginFailed").await;
+    assert!(events.iter().any(|n| n.contains("gate-step")), "{events:?}");
+
+    let bound = BTreeMap::from([("prefill".to_string(), 3), ("decode".to_string(), 5)]);
+    settle(&sets, &lws, "lenient", &before["lenient"], &bound).await;
+    settle(&sets, &lws, "bystander", &before["bystander"], &bound).await;
+}
+
+/// SIGTERM while plugin calls block in `sleep`: the operator exits within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_promptly_with_a_plugin_call_in_flight() {
+    let cluster = cluster("sigterm").await;
+    install_plugin(&cluster.client, "hostile", "hostile").await;
+    let mut operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    for i in 0..4 {
+        let binding = json!([{"name": "hostile", "config": {"mode": "sleep"}, "roles": ["prefill"]}]);
+        sets.create(&PostParams::default(), &example(&format!("stuck-{i}"), binding))
+            .await
+            .unwrap();
+    }
+    watch_until(&sets, &lws, "stuck-3", "PluginsReady=False", |_| {}, |s, _| {
+        condition(s, "PluginsReady").as_deref() == Some("False")
+    })
+    .await;
+    let pid = operator.0.id().to_string();
+    let term = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exited = loop {
+        if let Some(status) = operator.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(term.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("shutdown took {:?}", term.elapsed());
+    assert!(exited.success(), "{exited:?}");
+}
+
+/// A mandatory default binding cannot be removed or overridden by a set:
+/// the attempt is Valid=False naming the binding, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_cannot_escape_a_mandatory_binding() {
+    let cluster = cluster("mandatory").await;
+    install_plugin(&cluster.client, "policy", "hostile").await;
+    let defaults = r#"[{"name": "policy", "mandatory": true}]"#;
+    let _operator = start_operator_with(&cluster, &["--default-plugins", defaults]);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let attempts = [
+        ("off", json!([{"name": "policy", "roles": []}])),
+        ("lenient", json!([{"name": "policy", "failurePolicy": "Ignore"}])),
+        ("pinned", json!([{"name": "policy", "digest": format!("sha256:{}", "0".repeat(64))}])),
+        ("reconfigured", json!([{"name": "policy", "config": {"mode": "ok"}}])),
+    ];
+    for (name, plugins) in &attempts {
+        sets.create(&PostParams::default(), &example(name, plugins.clone()))
+            .await
+            .unwrap();
+    }
+    sets.create(&PostParams::default(), &example("obedient", json!([])))
+        .await
+        .unwrap();
+    let (obedient, _) = until_available(&sets, &lws, "obedient").await;
+    assert!(
+        obedient.status.unwrap().plugins.iter().any(|p| p.name == "policy"),
+        "the mandatory plugin runs for the set that does not bind it"
+    );
+    for (name, _) in &attempts {
+        let (set, kids) = watch_until(&sets, &lws, name, "Valid=False", |_| {}, |s, _| {
+            condition(s, "Valid").as_deref() == Some("False")
+        })
+        .await;
+        let message = condition_message(&set, "Valid");
+        assert!(
+            message.contains("spec.plugins[0]") && message.contains("policy") && message.contains("mandatory"),
+            "{name}: {message}"
+        );
+        assert!(kids.is_empty(), "{name}: an invalid set gets no children");
+    }
+}
+
+/// A write the API server refuses every time (an admission webhook's 403)
+/// shows on the set as ReplicaFailure with the server's message and a
+/// Warning Event; other sets come up meanwhile, and the set recovers once
+/// the denial is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_403_is_reported_on_the_set_and_retried_with_backoff() {
+    use kube_sim::faults::{Denial, FaultConfig};
+    let cluster = cluster("denied").await;
+    let _operator = start_operator(&cluster);
+    let denied = "admission webhook \"quota.example.com\" denied the request: GPU quota exceeded";
+    cluster.sim.faults.set(FaultConfig {
+        deny: vec![Denial {
+            method: "POST".into(),
+            path: "/namespaces/team-a/leaderworkersets".into(),
+            code: 403,
+            message: denied.into(),
+        }],
+        ..FaultConfig::default()
+    });
+    let blocked: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "team-a");
+    let blocked_lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "team-a");
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let created = Instant::now();
+    blocked.create(&PostParams::default(), &example("quota", json!([]))).await.unwrap();
+    sets.create(&PostParams::default(), &example("free", json!([]))).await.unwrap();
+
+    let (set, kids) = watch_until(&blocked, &blocked_lws, "quota", "ReplicaFailure", |_| {}, |s, _| {
+        condition(s, "ReplicaFailure").as_deref() == Some("True")
+    })
+    .await;
+    assert!(created.elapsed() < Duration::from_secs(5));
+    assert!(kids.is_empty());
+    let message = condition_message(&set, "ReplicaFailure");
+    assert!(message.contains("GPU quota exceeded") && message.contains("403"), "{message}");
+    let events = warnings(&cluster.client, "team-a", "quota", "FailedWrite").await;
+    assert!(events.iter().any(|n| n.contains("GPU quota exceeded")), "{events:?}");
+    until_available(&sets, &lws, "free").await;
+
+    // Backoff: the refused creates are retried, not hammered.
+    let writes = cluster.sim.writes.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let more = cluster.sim.writes.load(std::sync::atomic::Ordering::Relaxed) - writes;
+    assert!(more < 20, "{more} writes in 2 s while backing off");
+
+    cluster.sim.faults.set(FaultConfig::default());
+    let (set, _) = watch_until(&blocked, &blocked_lws, "quota", "recovered", |_| {}, |s, _| {
+        available(s) && condition(s, "ReplicaFailure").is_none()
+    })
+    .await;
+    assert!(available(&set));
+}
+
+/// An object that already holds a child's name is never adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_name_held_by_another_object_is_not_taken_over() {
+    let cluster = cluster("name-taken").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let set = example("taken", json!([]));
+    let rev = disagg::core::revision::revision(&set.spec, &[]);
+    let role = &set.spec.roles[0];
+    let mut squatter = disagg::core::render::render_child(&set, role, 0, &rev, 1);
+    squatter.metadata.owner_references = None;
+    squatter.metadata.labels = None;
+    let squatter_name = squatter.metadata.name.clone().unwrap();
+    lws.create(&PostParams::default(), &squatter).await.unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let (set, _) = watch_until(&sets, &lws, "taken", "ReplicaFailure", |_| {}, |s, _| {
+        condition(s, "ReplicaFailure").as_deref() == Some("True")
+    })
+    .await;
+    let message = condition_message(&set, "ReplicaFailure");
+    assert!(message.contains(&squatter_name) && message.contains("never adopts"), "{message}");
+    let still = lws.get(&squatter_name).await.unwrap();
+    assert!(still.metadata.owner_references.is_none(), "adopted: {:?}", still.metadata);
+    assert_eq!(still.spec.replicas, 1);
+}
