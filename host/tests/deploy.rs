@@ -138,9 +138,13 @@ fn the_manifests_match_the_kubernetes_schemas_and_our_policies() {
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     // Two replicas never share a node, and a drain keeps one.
     assert_eq!(deployment["spec"]["replicas"], 2);
-    let anti = &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    let anti =
+        &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
     assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
-    let pdb = docs.iter().find(|d| d["kind"] == "PodDisruptionBudget").unwrap();
+    let pdb = docs
+        .iter()
+        .find(|d| d["kind"] == "PodDisruptionBudget")
+        .unwrap();
     assert_eq!(pdb["spec"]["minAvailable"], 1);
     assert_eq!(
         pdb["spec"]["selector"]["matchLabels"],
@@ -173,7 +177,8 @@ fn the_manifests_match_the_kubernetes_schemas_and_our_policies() {
     for b in &parsed {
         assert!(
             docs.iter()
-                .any(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == b.binding.name.as_str()),
+                .any(|d| d["kind"] == "ConfigMap"
+                    && d["metadata"]["name"] == b.binding.name.as_str()),
             "default plugin {} has no ConfigMap in deploy/",
             b.binding.name
         );

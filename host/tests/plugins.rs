@@ -529,7 +529,7 @@ fn guests_blocked_in_host_calls_are_abandoned_at_the_deadline() {
         ..base.clone()
     };
     let err = rt.patch_role(&hostile, &input).unwrap_err().to_string();
-    assert!(err.contains("exit(3)"), "{err}");
+    assert!(err.contains("called exit"), "{err}");
     // A sleeping gate, the case that used to stall a set forever.
     let started = Instant::now();
     let err = rt
@@ -610,7 +610,10 @@ fn loading_is_bounded_in_size_and_time_and_unused_components_are_freed() {
         .load("role-profile", &read(&component("role-profile")))
         .err()
         .unwrap();
-    assert!(err.to_string().contains("compiling it took longer"), "{err}");
+    assert!(
+        err.to_string().contains("compiling it took longer"),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_millis(500));
 
     let gate = load(&rt, "rollout-gate");

@@ -3,11 +3,11 @@
 //! set that slipped past (an older CRD, a server without CEL) is reported as
 //! `Valid=False` instead of acted upon. Every message names the field.
 
+use super::limits::{MAX_REPLICAS, MAX_SLICES};
 use super::lws::RollingUpdateConfiguration;
 use super::set::{DisaggregatedSet, PlacementType, PluginBinding};
 use crate::core::plan::Budget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use super::limits::{MAX_REPLICAS, MAX_SLICES};
 use std::collections::BTreeSet;
 use std::fmt;
 

@@ -24,14 +24,20 @@ impl Backoff {
     /// How much longer `key` must wait before it is written again, if at all.
     pub fn waiting(&self, key: &str) -> Option<Duration> {
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
-        let left = objects.get(key)?.until.checked_duration_since(Instant::now())?;
+        let left = objects
+            .get(key)?
+            .until
+            .checked_duration_since(Instant::now())?;
         (!left.is_zero()).then_some(left)
     }
 
     /// The last failure of `key`.
     pub fn last(&self, key: &str) -> String {
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
-        objects.get(key).map(|e| e.message.clone()).unwrap_or_default()
+        objects
+            .get(key)
+            .map(|e| e.message.clone())
+            .unwrap_or_default()
     }
 
     /// Records a failure; returns how long `key` now waits: 1 s doubling to

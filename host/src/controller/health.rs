@@ -64,7 +64,10 @@ impl Health {
             .values()
             .find(|(_, since)| since.elapsed() > WEDGED_AFTER)
             .map(|(what, since)| {
-                format!("reconciling {what} has run for {} s", since.elapsed().as_secs())
+                format!(
+                    "reconciling {what} has run for {} s",
+                    since.elapsed().as_secs()
+                )
             })
     }
 }
@@ -80,13 +83,19 @@ mod tests {
         {
             let _r = h.reconciling("default/a".into());
             assert_eq!(h.wedged(Some(Duration::from_secs(1))), None);
-            h.running.lock().unwrap().values_mut().for_each(|(_, t)| {
-                *t = Instant::now() - WEDGED_AFTER - Duration::from_secs(1)
-            });
+            h.running
+                .lock()
+                .unwrap()
+                .values_mut()
+                .for_each(|(_, t)| *t = Instant::now() - WEDGED_AFTER - Duration::from_secs(1));
             assert!(h.wedged(None).unwrap().contains("default/a"));
         }
         assert_eq!(h.wedged(None), None, "a finished reconcile is forgotten");
-        assert!(h.wedged(Some(WEDGED_AFTER * 2)).unwrap().contains("plugin load"));
+        assert!(
+            h.wedged(Some(WEDGED_AFTER * 2))
+                .unwrap()
+                .contains("plugin load")
+        );
         h.watcher_stopped();
         assert!(h.wedged(None).unwrap().contains("watcher"));
     }

@@ -169,7 +169,12 @@ pub async fn run(
         let (health, registry) = (health.clone(), registry.clone());
         move || health.wedged(registry.oldest_load())
     };
-    tokio::spawn(serve_probes(listener, metrics.clone(), ready.clone(), alive));
+    tokio::spawn(serve_probes(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        alive,
+    ));
 
     // Plugins first: a set reconciled before its plugin is loaded waits for it
     // (PluginLoading), so give ordinary loads a moment to finish. Each compiles

@@ -362,7 +362,12 @@ pub async fn follow_configmaps(
                     listed.push(name.clone());
                     // Each ConfigMap loads on its own: a slow one holds up no other.
                     let ticket = registry.begin(&name);
-                    tokio::spawn(load_configmap(registry.clone(), recorder.clone(), cm, ticket));
+                    tokio::spawn(load_configmap(
+                        registry.clone(),
+                        recorder.clone(),
+                        cm,
+                        ticket,
+                    ));
                 }
                 Ok(Event::Delete(cm)) => {
                     let name = kube::ResourceExt::name_any(&cm);

@@ -173,9 +173,7 @@ async fn reconcile_inner(
                 ),
                 Action::Scale { name, .. }
                 | Action::SetInitialReplicas { name, .. }
-                | Action::Delete { name } => {
-                    (name.clone(), role_of.get(name.as_str()).copied())
-                }
+                | Action::Delete { name } => (name.clone(), role_of.get(name.as_str()).copied()),
             };
             if plan.blocked_all
                 || role.is_some_and(|(r, _)| plan.blocked_roles.iter().any(|b| b == r))
@@ -656,7 +654,10 @@ async fn report(
         .map(|f| {
             let hook = f.hook.map(|h| format!("{h}, ")).unwrap_or_default();
             match &f.role {
-                Some(r) => format!("{} ({hook}role {r}, {:?}): {}", f.plugin, f.policy, f.message),
+                Some(r) => format!(
+                    "{} ({hook}role {r}, {:?}): {}",
+                    f.plugin, f.policy, f.message
+                ),
                 None => format!("{} ({hook}{:?}): {}", f.plugin, f.policy, f.message),
             }
         })
@@ -703,7 +704,11 @@ async fn report(
             EventType::Warning,
             "FailedWrite",
             "Rollout",
-            format!("{}; retrying in {} s", w.message, w.retry_in.as_secs().max(1)),
+            format!(
+                "{}; retrying in {} s",
+                w.message,
+                w.retry_in.as_secs().max(1)
+            ),
         )
         .await;
         tracing::warn!(set = %set.name_any(), child = %w.child, "{}", w.message);

@@ -198,7 +198,11 @@ fn check_spec(before: &Map<String, Value>, after: &Map<String, Value>) -> Result
 
 /// A pod template keeps its system labels and every required placement
 /// affinity term it was rendered with; the rest is the plugin's to shape.
-fn check_pod_template(at: &str, before: Option<&Value>, after: Option<&Value>) -> Result<(), String> {
+fn check_pod_template(
+    at: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> Result<(), String> {
     let null = Value::Null;
     let (before, after) = (before.unwrap_or(&null), after.unwrap_or(&null));
     check_reserved(
@@ -211,7 +215,12 @@ fn check_pod_template(at: &str, before: Option<&Value>, after: Option<&Value>) -
     for kind in ["podAffinity", "podAntiAffinity"] {
         let path = format!("/spec/affinity/{kind}/requiredDuringSchedulingIgnoredDuringExecution");
         let kept = after.pointer(&path).and_then(Value::as_array);
-        for term in before.pointer(&path).and_then(Value::as_array).into_iter().flatten() {
+        for term in before
+            .pointer(&path)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if is_placement_term(term) && !kept.is_some_and(|k| k.contains(term)) {
                 return Err(format!(
                     "the patch removes a {kind} term of the set's placementPolicy from {at}; a plugin may add affinity but not remove the placement the set asked for"

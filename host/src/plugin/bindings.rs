@@ -106,7 +106,11 @@ pub struct DefaultBinding {
 /// default off by binding it with `roles: []`; it cannot touch a mandatory
 /// one ([`overrides`] reports the attempt, and its own binding is dropped).
 pub fn effective(defaults: &[DefaultBinding], own: &[PluginBinding]) -> Vec<PluginBinding> {
-    let mandatory = |name: &str| defaults.iter().any(|d| d.mandatory && d.binding.name == name);
+    let mandatory = |name: &str| {
+        defaults
+            .iter()
+            .any(|d| d.mandatory && d.binding.name == name)
+    };
     defaults
         .iter()
         .filter(|d| d.mandatory || own.iter().all(|b| b.name != d.binding.name))
@@ -151,8 +155,8 @@ pub fn parse_defaults(text: &str) -> Result<Vec<DefaultBinding>, String> {
                 ));
             }
         };
-        let binding: PluginBinding = serde_json::from_value(entry)
-            .map_err(|e| not_a_list(format!("entry {i}: {e}")))?;
+        let binding: PluginBinding =
+            serde_json::from_value(entry).map_err(|e| not_a_list(format!("entry {i}: {e}")))?;
         defaults.push(DefaultBinding { binding, mandatory });
     }
     let bindings: Vec<PluginBinding> = defaults.iter().map(|d| d.binding.clone()).collect();
@@ -290,7 +294,12 @@ pub fn scale(
                     desired.insert(role.name.clone(), advice.replicas);
                 }
                 Ok(None) => {}
-                Err(e) => failures.push(Failure::new(&b.binding, Hook::ScaleRole, Some(&role.name), &e)),
+                Err(e) => failures.push(Failure::new(
+                    &b.binding,
+                    Hook::ScaleRole,
+                    Some(&role.name),
+                    &e,
+                )),
             }
         }
     }
@@ -448,7 +457,10 @@ mod tests {
             assert_eq!(v[0].field, "spec.plugins[1]");
             assert!(v[0].message.contains("\"policy\"") && v[0].message.contains("mandatory"));
             let eff = effective(&defaults, &own);
-            assert_eq!(eff[0], defaults[0].binding, "the mandatory binding runs as configured");
+            assert_eq!(
+                eff[0], defaults[0].binding,
+                "the mandatory binding runs as configured"
+            );
             assert_eq!(eff.iter().filter(|b| b.name == "policy").count(), 1);
         }
     }
@@ -457,9 +469,10 @@ mod tests {
     fn default_bindings_parse_from_yaml_or_json_and_are_checked() {
         let parsed = parse_defaults(r#"[{"name": "role-profile"}]"#).unwrap();
         assert_eq!(parsed, [default("role-profile", false)]);
-        let parsed =
-            parse_defaults("- name: gate\n  roles: [decode]\n  failurePolicy: Ignore\n  mandatory: true\n")
-                .unwrap();
+        let parsed = parse_defaults(
+            "- name: gate\n  roles: [decode]\n  failurePolicy: Ignore\n  mandatory: true\n",
+        )
+        .unwrap();
         assert_eq!(parsed[0].binding.failure_policy, FailurePolicy::Ignore);
         assert!(parsed[0].mandatory);
         let err = parse_defaults(r#"[{"name": "a", "mandatory": "yes"}]"#).unwrap_err();

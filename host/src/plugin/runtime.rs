@@ -496,7 +496,10 @@ impl Runtime {
     /// the deadline plus a tick whatever the guest does: Wasm code is
     /// interrupted by the epoch, a host call it waits in is abandoned.
     fn call(&self, plugin: &LoadedPlugin, request: Request<'_>) -> Result<Response, PluginError> {
-        let executor = self.executor.as_ref().expect("the executor lives as long as the runtime");
+        let executor = self
+            .executor
+            .as_ref()
+            .expect("the executor lives as long as the runtime");
         executor.block_on(self.call_async(plugin, request))
     }
 
@@ -512,7 +515,8 @@ impl Runtime {
             waited_ms: limits.slot_wait.as_millis() as u64,
             slots: limits.concurrent_calls,
         };
-        let Ok(Ok(_slot)) = tokio::time::timeout(limits.slot_wait, self.slots.acquire()).await else {
+        let Ok(Ok(_slot)) = tokio::time::timeout(limits.slot_wait, self.slots.acquire()).await
+        else {
             return Err(busy());
         };
         let _in_flight = InFlight::new(&self.busy);
@@ -565,7 +569,10 @@ impl Runtime {
         result.map_err(|e| {
             if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                 timeout()
-            } else if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+            } else if e
+                .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+            {
                 busy()
             } else if store.data().limiter.denied {
                 PluginError::OutOfMemory {

@@ -46,9 +46,7 @@ async fn a_sleeping_gate_is_reported_within_seconds_and_stalls_nothing_else() {
     let _operator = start_operator(&cluster);
     let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
     let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
-    let sleepy = |policy: &str| {
-        json!([{"name": "hostile", "config": {"mode": "sleep", "only": "gate-step"}, "failurePolicy": policy}])
-    };
+    let sleepy = |policy: &str| json!([{"name": "hostile", "config": {"mode": "sleep", "only": "gate-step"}, "failurePolicy": policy}]);
     for (name, plugins) in [
         ("strict", sleepy("Fail")),
         ("lenient", sleepy("Ignore")),
@@ -75,13 +73,22 @@ async fn a_sleeping_gate_is_reported_within_seconds_and_stalls_nothing_else() {
     )
     .await;
     let reported = changed.elapsed();
-    assert!(reported < Duration::from_secs(5), "reported after {reported:?}");
+    assert!(
+        reported < Duration::from_secs(5),
+        "reported after {reported:?}"
+    );
     let message = condition_message(&strict, "PluginsReady");
     assert!(
-        message.contains("hostile") && message.contains("gate-step") && message.contains("timed out"),
+        message.contains("hostile")
+            && message.contains("gate-step")
+            && message.contains("timed out"),
         "{message}"
     );
-    assert_eq!(revisions(&kids), [before["strict"].clone()].into(), "no step taken under Fail");
+    assert_eq!(
+        revisions(&kids),
+        [before["strict"].clone()].into(),
+        "no step taken under Fail"
+    );
     let events = warnings(&cluster.client, "default", "strict", "PluginFailed").await;
     assert!(events.iter().any(|n| n.contains("gate-step")), "{events:?}");
 
@@ -99,23 +106,41 @@ async fn sigterm_exits_promptly_with_a_plugin_call_in_flight() {
     let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
     let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
     for i in 0..4 {
-        let binding = json!([{"name": "hostile", "config": {"mode": "sleep"}, "roles": ["prefill"]}]);
-        sets.create(&PostParams::default(), &example(&format!("stuck-{i}"), binding))
-            .await
-            .unwrap();
+        let binding =
+            json!([{"name": "hostile", "config": {"mode": "sleep"}, "roles": ["prefill"]}]);
+        sets.create(
+            &PostParams::default(),
+            &example(&format!("stuck-{i}"), binding),
+        )
+        .await
+        .unwrap();
     }
-    watch_until(&sets, &lws, "stuck-3", "PluginsReady=False", |_| {}, |s, _| {
-        condition(s, "PluginsReady").as_deref() == Some("False")
-    })
+    watch_until(
+        &sets,
+        &lws,
+        "stuck-3",
+        "PluginsReady=False",
+        |_| {},
+        |s, _| condition(s, "PluginsReady").as_deref() == Some("False"),
+    )
     .await;
     let pid = operator.0.id().to_string();
     let term = Instant::now();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let exited = loop {
         if let Some(status) = operator.0.try_wait().unwrap() {
             break status;
         }
-        assert!(term.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM");
+        assert!(
+            term.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     eprintln!("shutdown took {:?}", term.elapsed());
@@ -134,9 +159,18 @@ async fn a_set_cannot_escape_a_mandatory_binding() {
     let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
     let attempts = [
         ("off", json!([{"name": "policy", "roles": []}])),
-        ("lenient", json!([{"name": "policy", "failurePolicy": "Ignore"}])),
-        ("pinned", json!([{"name": "policy", "digest": format!("sha256:{}", "0".repeat(64))}])),
-        ("reconfigured", json!([{"name": "policy", "config": {"mode": "ok"}}])),
+        (
+            "lenient",
+            json!([{"name": "policy", "failurePolicy": "Ignore"}]),
+        ),
+        (
+            "pinned",
+            json!([{"name": "policy", "digest": format!("sha256:{}", "0".repeat(64))}]),
+        ),
+        (
+            "reconfigured",
+            json!([{"name": "policy", "config": {"mode": "ok"}}]),
+        ),
     ];
     for (name, plugins) in &attempts {
         sets.create(&PostParams::default(), &example(name, plugins.clone()))
@@ -148,17 +182,29 @@ async fn a_set_cannot_escape_a_mandatory_binding() {
         .unwrap();
     let (obedient, _) = until_available(&sets, &lws, "obedient").await;
     assert!(
-        obedient.status.unwrap().plugins.iter().any(|p| p.name == "policy"),
+        obedient
+            .status
+            .unwrap()
+            .plugins
+            .iter()
+            .any(|p| p.name == "policy"),
         "the mandatory plugin runs for the set that does not bind it"
     );
     for (name, _) in &attempts {
-        let (set, kids) = watch_until(&sets, &lws, name, "Valid=False", |_| {}, |s, _| {
-            condition(s, "Valid").as_deref() == Some("False")
-        })
+        let (set, kids) = watch_until(
+            &sets,
+            &lws,
+            name,
+            "Valid=False",
+            |_| {},
+            |s, _| condition(s, "Valid").as_deref() == Some("False"),
+        )
         .await;
         let message = condition_message(&set, "Valid");
         assert!(
-            message.contains("spec.plugins[0]") && message.contains("policy") && message.contains("mandatory"),
+            message.contains("spec.plugins[0]")
+                && message.contains("policy")
+                && message.contains("mandatory"),
             "{name}: {message}"
         );
         assert!(kids.is_empty(), "{name}: an invalid set gets no children");
@@ -189,31 +235,59 @@ async fn a_persistent_403_is_reported_on_the_set_and_retried_with_backoff() {
     let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
     let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
     let created = Instant::now();
-    blocked.create(&PostParams::default(), &example("quota", json!([]))).await.unwrap();
-    sets.create(&PostParams::default(), &example("free", json!([]))).await.unwrap();
+    blocked
+        .create(&PostParams::default(), &example("quota", json!([])))
+        .await
+        .unwrap();
+    sets.create(&PostParams::default(), &example("free", json!([])))
+        .await
+        .unwrap();
 
-    let (set, kids) = watch_until(&blocked, &blocked_lws, "quota", "ReplicaFailure", |_| {}, |s, _| {
-        condition(s, "ReplicaFailure").as_deref() == Some("True")
-    })
+    let (set, kids) = watch_until(
+        &blocked,
+        &blocked_lws,
+        "quota",
+        "ReplicaFailure",
+        |_| {},
+        |s, _| condition(s, "ReplicaFailure").as_deref() == Some("True"),
+    )
     .await;
     assert!(created.elapsed() < Duration::from_secs(5));
     assert!(kids.is_empty());
     let message = condition_message(&set, "ReplicaFailure");
-    assert!(message.contains("GPU quota exceeded") && message.contains("403"), "{message}");
+    assert!(
+        message.contains("GPU quota exceeded") && message.contains("403"),
+        "{message}"
+    );
     let events = warnings(&cluster.client, "team-a", "quota", "FailedWrite").await;
-    assert!(events.iter().any(|n| n.contains("GPU quota exceeded")), "{events:?}");
+    assert!(
+        events.iter().any(|n| n.contains("GPU quota exceeded")),
+        "{events:?}"
+    );
     until_available(&sets, &lws, "free").await;
 
     // Backoff: the refused creates are retried, not hammered.
-    let writes = cluster.sim.writes.load(std::sync::atomic::Ordering::Relaxed);
+    let writes = cluster
+        .sim
+        .writes
+        .load(std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let more = cluster.sim.writes.load(std::sync::atomic::Ordering::Relaxed) - writes;
+    let more = cluster
+        .sim
+        .writes
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - writes;
     assert!(more < 20, "{more} writes in 2 s while backing off");
 
     cluster.sim.faults.set(FaultConfig::default());
-    let (set, _) = watch_until(&blocked, &blocked_lws, "quota", "recovered", |_| {}, |s, _| {
-        available(s) && condition(s, "ReplicaFailure").is_none()
-    })
+    let (set, _) = watch_until(
+        &blocked,
+        &blocked_lws,
+        "quota",
+        "recovered",
+        |_| {},
+        |s, _| available(s) && condition(s, "ReplicaFailure").is_none(),
+    )
     .await;
     assert!(available(&set));
 }
@@ -222,25 +296,51 @@ async fn a_persistent_403_is_reported_on_the_set_and_retried_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_name_held_by_another_object_is_not_taken_over() {
     let cluster = cluster("name-taken").await;
-    let _operator = start_operator(&cluster);
+    let lease = ["--lease-duration-seconds", "2"];
+    let operator = start_operator_with(&cluster, &lease);
     let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
     let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
-    let set = example("taken", json!([]));
-    let rev = disagg::core::revision::revision(&set.spec, &[]);
-    let role = &set.spec.roles[0];
-    let mut squatter = disagg::core::render::render_child(&set, role, 0, &rev, 1);
-    squatter.metadata.owner_references = None;
-    squatter.metadata.labels = None;
-    let squatter_name = squatter.metadata.name.clone().unwrap();
+    sets.create(&PostParams::default(), &example("taken", json!([])))
+        .await
+        .unwrap();
+    let (up, _) = until_available(&sets, &lws, "taken").await;
+    // With the operator stopped, someone else's object takes a child's name.
+    drop(operator);
+    let squatter_name = format!("taken-0-{}-prefill", revision_of(&up));
+    let mut squatter = lws.get(&squatter_name).await.unwrap();
+    lws.delete(&squatter_name, &Default::default())
+        .await
+        .unwrap();
+    while lws.get_opt(&squatter_name).await.unwrap().is_some() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    squatter.metadata = kube::api::ObjectMeta {
+        name: Some(squatter_name.clone()),
+        ..Default::default()
+    };
+    squatter.spec.replicas = 1;
+    squatter.status = None;
     lws.create(&PostParams::default(), &squatter).await.unwrap();
-    sets.create(&PostParams::default(), &set).await.unwrap();
-    let (set, _) = watch_until(&sets, &lws, "taken", "ReplicaFailure", |_| {}, |s, _| {
-        condition(s, "ReplicaFailure").as_deref() == Some("True")
-    })
+    let _operator = start_operator_with(&cluster, &lease);
+    let (set, _) = watch_until(
+        &sets,
+        &lws,
+        "taken",
+        "ReplicaFailure",
+        |_| {},
+        |s, _| condition(s, "ReplicaFailure").as_deref() == Some("True"),
+    )
     .await;
     let message = condition_message(&set, "ReplicaFailure");
-    assert!(message.contains(&squatter_name) && message.contains("never adopts"), "{message}");
+    assert!(
+        message.contains(&squatter_name) && message.contains("never adopts"),
+        "{message}"
+    );
     let still = lws.get(&squatter_name).await.unwrap();
-    assert!(still.metadata.owner_references.is_none(), "adopted: {:?}", still.metadata);
+    assert!(
+        still.metadata.owner_references.is_none(),
+        "adopted: {:?}",
+        still.metadata
+    );
     assert_eq!(still.spec.replicas, 1);
 }

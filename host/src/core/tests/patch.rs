@@ -52,27 +52,78 @@ fn every_forbidden_change_is_refused_by_name() {
         keys::ROLE.replace('/', "~1")
     );
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"op": "replace", "path": "/metadata/name", "value": "other"}), "metadata.name"),
-        (json!({"op": "replace", "path": "/metadata/namespace", "value": "kube-system"}), "metadata.namespace"),
-        (json!({"op": "remove", "path": "/metadata/ownerReferences"}), "metadata.ownerReferences"),
-        (json!({"op": "add", "path": "/metadata/finalizers", "value": ["x/block"]}), "metadata.finalizers"),
-        (json!({"op": "add", "path": "/metadata/uid", "value": "u-2"}), "metadata.uid"),
-        (json!({"op": "add", "path": "/metadata/resourceVersion", "value": "1"}), "metadata.resourceVersion"),
-        (json!({"op": "add", "path": "/metadata/generateName", "value": "x-"}), "metadata.generateName"),
-        (json!({"op": "add", "path": format!("/metadata/annotations/{}", keys::INITIAL_REPLICAS.replace('/', "~1")), "value": "9"}),
-         "initial-replicas"),
-        (json!({"op": "replace", "path": format!("/metadata/labels/{}", keys::REVISION.replace('/', "~1")), "value": "ffffffff"}),
-         "metadata.labels[\"disaggregatedset.x-k8s.io/revision\"]"),
-        (json!({"op": "remove", "path": format!("/metadata/labels/{}", keys::NAME.replace('/', "~1"))}),
-         "metadata.labels[\"disaggregatedset.x-k8s.io/name\"]"),
-        (json!({"op": "replace", "path": "/spec/replicas", "value": 100}), "spec.replicas"),
-        (json!({"op": "add", "path": "/spec/leaderWorkerTemplate/size", "value": 64}), "spec.leaderWorkerTemplate.size"),
-        (json!({"op": "add", "path": "/spec/startupPolicy", "value": "LeaderReady"}), "spec.startupPolicy"),
-        (json!({"op": "add", "path": "/status", "value": {"replicas": 3}}), "status"),
-        (json!({"op": "replace", "path": "/kind", "value": "Deployment"}), "kind"),
-        (json!({"op": "replace", "path": system_pod_label, "value": "decode"}), "workerTemplate.metadata.labels"),
-        (json!({"op": "remove", "path": format!("{placement}/0")}), "placementPolicy"),
-        (json!({"op": "remove", "path": "/spec/leaderWorkerTemplate/leaderTemplate/spec/affinity"}), "placementPolicy"),
+        (
+            json!({"op": "replace", "path": "/metadata/name", "value": "other"}),
+            "metadata.name",
+        ),
+        (
+            json!({"op": "replace", "path": "/metadata/namespace", "value": "kube-system"}),
+            "metadata.namespace",
+        ),
+        (
+            json!({"op": "remove", "path": "/metadata/ownerReferences"}),
+            "metadata.ownerReferences",
+        ),
+        (
+            json!({"op": "add", "path": "/metadata/finalizers", "value": ["x/block"]}),
+            "metadata.finalizers",
+        ),
+        (
+            json!({"op": "add", "path": "/metadata/uid", "value": "u-2"}),
+            "metadata.uid",
+        ),
+        (
+            json!({"op": "add", "path": "/metadata/resourceVersion", "value": "1"}),
+            "metadata.resourceVersion",
+        ),
+        (
+            json!({"op": "add", "path": "/metadata/generateName", "value": "x-"}),
+            "metadata.generateName",
+        ),
+        (
+            json!({"op": "add", "path": format!("/metadata/annotations/{}", keys::INITIAL_REPLICAS.replace('/', "~1")), "value": "9"}),
+            "initial-replicas",
+        ),
+        (
+            json!({"op": "replace", "path": format!("/metadata/labels/{}", keys::REVISION.replace('/', "~1")), "value": "ffffffff"}),
+            "metadata.labels[\"disaggregatedset.x-k8s.io/revision\"]",
+        ),
+        (
+            json!({"op": "remove", "path": format!("/metadata/labels/{}", keys::NAME.replace('/', "~1"))}),
+            "metadata.labels[\"disaggregatedset.x-k8s.io/name\"]",
+        ),
+        (
+            json!({"op": "replace", "path": "/spec/replicas", "value": 100}),
+            "spec.replicas",
+        ),
+        (
+            json!({"op": "add", "path": "/spec/leaderWorkerTemplate/size", "value": 64}),
+            "spec.leaderWorkerTemplate.size",
+        ),
+        (
+            json!({"op": "add", "path": "/spec/startupPolicy", "value": "LeaderReady"}),
+            "spec.startupPolicy",
+        ),
+        (
+            json!({"op": "add", "path": "/status", "value": {"replicas": 3}}),
+            "status",
+        ),
+        (
+            json!({"op": "replace", "path": "/kind", "value": "Deployment"}),
+            "kind",
+        ),
+        (
+            json!({"op": "replace", "path": system_pod_label, "value": "decode"}),
+            "workerTemplate.metadata.labels",
+        ),
+        (
+            json!({"op": "remove", "path": format!("{placement}/0")}),
+            "placementPolicy",
+        ),
+        (
+            json!({"op": "remove", "path": "/spec/leaderWorkerTemplate/leaderTemplate/spec/affinity"}),
+            "placementPolicy",
+        ),
     ];
     for (op, named) in cases {
         let err = json_patch(json!([op])).unwrap_err();
@@ -80,9 +131,15 @@ fn every_forbidden_change_is_refused_by_name() {
     }
     // The same through a merge patch.
     for (patch, named) in [
-        (json!({"metadata": {"ownerReferences": null}}), "metadata.ownerReferences"),
+        (
+            json!({"metadata": {"ownerReferences": null}}),
+            "metadata.ownerReferences",
+        ),
         (json!({"spec": {"replicas": 0}}), "spec.replicas"),
-        (json!({"metadata": {"labels": {keys::SLICE: null}}}), "disaggregatedset.x-k8s.io/slice"),
+        (
+            json!({"metadata": {"labels": {keys::SLICE: null}}}),
+            "disaggregatedset.x-k8s.io/slice",
+        ),
     ] {
         let err = apply(&rendered(), &LwsPatch::Merge(patch.clone())).unwrap_err();
         assert!(err.contains(named), "{patch}: {err}");
@@ -93,7 +150,8 @@ fn every_forbidden_change_is_refused_by_name() {
 /// refused before it is built.
 #[test]
 fn amplifying_patches_are_refused_before_they_grow() {
-    let mut ops = vec![json!({"op": "add", "path": "/metadata/annotations/a0", "value": "x".repeat(1024)})];
+    let mut ops =
+        vec![json!({"op": "add", "path": "/metadata/annotations/a0", "value": "x".repeat(1024)})];
     for i in 1..40 {
         ops.push(json!({"op": "copy", "from": "/metadata/annotations", "path": format!("/spec/leaderWorkerTemplate/workerTemplate/metadata/annotations{i}")}));
         ops.push(json!({"op": "copy", "from": "/spec/leaderWorkerTemplate/workerTemplate", "path": format!("/metadata/annotations/a{i}")}));
