@@ -289,7 +289,7 @@ impl Runtime {
             .max_memory_size(limits.memory_bytes)
             // Keeping the first MiBs of each slot resident (reset with memset, not
             // madvise) avoids page faults on fresh instances, which otherwise
-            // dominate a call (docs/plugins.md). Untouched pages still cost nothing.
+            // dominate a call (benches/plugin_call.rs). Untouched pages still cost nothing.
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10);
         let mut config = Config::new();
@@ -523,7 +523,7 @@ impl Runtime {
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
         let stderr = MemoryOutputPipe::new(limits.output_bytes);
         // No preopened directories, environment, arguments or network; stdin
-        // is closed (docs/plugins.md lists the whole WASI surface).
+        // is closed (docs/sandbox.md lists the whole WASI surface).
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
