@@ -834,3 +834,215 @@ fn the_observer_sees_every_hook_call_with_its_outcome() {
         ]
     );
 }
+
+/// A component made by hand from a core module in WAT, for what no guest
+/// toolchain writes by itself: several memories, a huge function. It
+/// implements the contract's ABI directly; `patch-role` runs `patch_body`,
+/// then answers `ok(none)`.
+fn handmade_component(extra_memory: bool, patch_body: &str, extra_funcs: &str) -> Vec<u8> {
+    let second = if extra_memory { "(memory $m1 1)" } else { "" };
+    let module = format!(
+        r#"(module
+  (memory $m0 (export "memory") 1)
+  {second}
+  (global $heap (mut i32) (i32.const 4096))
+  (data (memory $m0) (i32.const 100) "handmade")
+  (data (memory $m0) (i32.const 200) "0.0.0")
+  (data (memory $m0) (i32.const 300) "\00")
+  (data (memory $m0) (i32.const 400) "\64\00\00\00\08\00\00\00\c8\00\00\00\05\00\00\00\2c\01\00\00\01\00\00\00")
+  (data (memory $m0) (i32.const 500) "\00\00\00\00\00\00\00\00\00\00\00\00")
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and
+      (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+      (i32.xor (i32.sub (local.get 2) (i32.const 1)) (i32.const -1))))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (block $ok
+      (loop $grow
+        (br_if $ok (i32.le_u (global.get $heap) (i32.mul (memory.size $m0) (i32.const 65536))))
+        (if (i32.eq (memory.grow $m0 (i32.const 1)) (i32.const -1)) (then unreachable))
+        (br $grow)))
+    (local.get $p))
+  (func (export "disaggregatedset:plugin/hooks@0.1.0#describe") (result i32) (i32.const 400))
+  (func (export "disaggregatedset:plugin/hooks@0.1.0#patch-role")
+    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    {patch_body}
+    (i32.const 500))
+  (func (export "disaggregatedset:plugin/hooks@0.1.0#scale-role")
+    (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32) unreachable)
+  (func (export "disaggregatedset:plugin/hooks@0.1.0#gate-step") (param i32) (result i32) unreachable)
+  (func (export "disaggregatedset:plugin/hooks@0.1.0#validate") (param i32 i32 i32 i32) (result i32) unreachable)
+  {extra_funcs}
+)"#
+    );
+    let mut core = wat::parse_str(&module).unwrap();
+    let mut resolve = wit_parser::Resolve::default();
+    let (pkg, _) = resolve.push_dir(repo("wit")).unwrap();
+    let world = resolve.select_world(&[pkg], Some("plugin")).unwrap();
+    wit_component::embed_component_metadata(
+        &mut core,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
+    .unwrap();
+    wit_component::ComponentEncoder::default()
+        .module(&core)
+        .unwrap()
+        .validate(true)
+        .encode()
+        .unwrap()
+}
+
+/// The memory cap holds for the whole component: two memories of 40 MiB
+/// each fit a 64 MiB cap one by one, not together.
+#[test]
+fn the_memory_cap_counts_every_memory_of_the_component() {
+    let rt = runtime();
+    let grow = |memory: &str| {
+        format!(
+            "(if (i32.eq (memory.grow {memory} (i32.const 640)) (i32.const -1)) (then unreachable))"
+        )
+    };
+    let (_, input) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
+    // One memory of 40 MiB is within the cap, and the hand-made ABI works.
+    let single = rt
+        .load("single", &handmade_component(false, &grow("$m0"), ""))
+        .unwrap();
+    assert_eq!(single.info.name, "handmade");
+    assert_eq!(rt.patch_role(&single, &input).unwrap(), LwsPatch::None);
+    // 40 MiB in each of two memories: 80 MiB over all, refused.
+    let body = format!("{} {}", grow("$m1"), grow("$m0"));
+    let double = rt
+        .load("double", &handmade_component(true, &body, ""))
+        .unwrap();
+    let err = rt.patch_role(&double, &input).unwrap_err();
+    assert_eq!(err.reason(), "PluginOutOfMemory", "{err}");
+    // Either memory alone still fits.
+    let one = rt
+        .load("one", &handmade_component(true, &grow("$m1"), ""))
+        .unwrap();
+    assert_eq!(rt.patch_role(&one, &input).unwrap(), LwsPatch::None);
+}
+
+/// A component within the size limit but slow to compile (one huge function:
+/// about 2 s of Cranelift here) is refused at the compile deadline, and
+/// another plugin loading meanwhile on another thread is not held up by it.
+#[test]
+fn a_compile_bomb_is_refused_at_its_deadline_and_holds_up_no_other_load() {
+    let rt = Runtime::new(Limits {
+        compile_deadline: Duration::from_millis(1500),
+        ..Limits::default()
+    })
+    .unwrap();
+    let body: String =
+        "(local.set 0 (i32.mul (local.get 0) (i32.add (local.get 0) (i32.const 7))))\n"
+            .repeat(380_000);
+    let bomb = handmade_component(false, "", &format!("(func $bomb (param i32) {body})"));
+    assert!(
+        bomb.len() < rt.limits().component_bytes,
+        "{} bytes",
+        bomb.len()
+    );
+    let other = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let started = Instant::now();
+            let loaded = rt.load("rollout-gate", &read(&component("rollout-gate")));
+            (loaded.err().map(|e| e.to_string()), started.elapsed())
+        })
+    };
+    let started = Instant::now();
+    let err = rt.load("bomb", &bomb).err().unwrap();
+    let took = started.elapsed();
+    assert!(
+        err.to_string().contains("compiling it took longer"),
+        "{err}"
+    );
+    assert!(took < Duration::from_millis(2000), "refused after {took:?}");
+    let (error, other_took) = other.join().unwrap();
+    assert_eq!(error, None);
+    eprintln!("bomb refused after {took:?}; the other load took {other_took:?}");
+    assert!(
+        other_took < Duration::from_secs(3),
+        "the other load took {other_took:?}"
+    );
+}
+
+/// Scale advice is held to the replica bound; what a plugin says is cut
+/// before it can reach status.
+#[test]
+fn scale_advice_is_bounded_and_messages_are_truncated() {
+    let rt = runtime();
+    let hostile = load(&rt, "hostile");
+    for (replicas, ok) in [
+        (0, true),
+        (1_000_000, true),
+        (1_000_001, false),
+        (-1, false),
+        (i32::MAX, false),
+    ] {
+        let result = scale(
+            &rt,
+            &hostile,
+            "decode",
+            1,
+            json!({"mode": "scale", "replicas": replicas}),
+        );
+        match result {
+            Ok(advice) => assert!(ok && advice == Some(replicas), "{replicas}: {advice:?}"),
+            Err(e) => {
+                assert!(!ok, "{replicas}: {e}");
+                assert_eq!(e.reason(), "PluginBadOutput");
+                assert!(e.to_string().contains("0 to 1000000"), "{e}");
+            }
+        }
+    }
+    // A trap's message (the plugin's panic) is kept short.
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "trap"}));
+    let err = rt.patch_role(&hostile, &base).unwrap_err().to_string();
+    assert!(err.len() < 4096, "{} bytes", err.len());
+}
+
+/// A plugin that could not be called at all (every slot busy) holds back its
+/// role even under Ignore: no child is ever rendered without its patch.
+#[test]
+fn a_busy_plugin_blocks_its_role_even_under_ignore() {
+    use disagg::api::set::{FailurePolicy, PluginBinding};
+    use disagg::plugin::bindings::{Bound, patch};
+    let rt = Runtime::new(Limits {
+        deadline: Duration::from_millis(600),
+        concurrent_calls: 1,
+        slot_wait: Duration::from_millis(50),
+        ..Limits::default()
+    })
+    .unwrap();
+    let hostile = load(&rt, "hostile");
+    let (lws, sleeper) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
+    let busy = {
+        let (rt, hostile) = (rt.clone(), hostile.clone());
+        std::thread::spawn(move || rt.patch_role(&hostile, &sleeper))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let bound = [Bound {
+        binding: PluginBinding {
+            name: "shaper".into(),
+            config: None,
+            roles: None,
+            failure_policy: FailurePolicy::Ignore,
+            digest: None,
+        },
+        plugin: hostile,
+    }];
+    let set =
+        serde_json::to_string(&disagg::input::load_set(&repo("examples/vllm-pd.yaml")).unwrap())
+            .unwrap();
+    let (result, skipped) = patch(&rt, &set, &bound, "prefill", 0, "abcd1234", lws);
+    let failure = result.unwrap_err();
+    assert_eq!(failure.reason, "PluginBusy");
+    assert!(failure.blocks() && failure.retry, "{failure:?}");
+    assert!(skipped.is_empty());
+    assert_eq!(busy.join().unwrap().unwrap_err().reason(), "PluginTimeout");
+}

@@ -28,8 +28,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct DisaggregatedSetRoleScalerSpec {
     /// Desired groups of the role, per slice.
+    // No maximum in the schema, as upstream's; the operator refuses more than
+    // 1,000,000 on the set (`Valid=False`).
     #[serde(default)]
-    #[schemars(range(min = 0, max = 1_000_000))]
+    #[schemars(range(min = 0))]
     pub replicas: i32,
 }
 

@@ -350,6 +350,21 @@ fn plan(
     }
     let mut violations = crate::api::validate::validate(set);
     violations.extend(bindings::overrides(&ctx.default_plugins, &set.spec.plugins));
+    // A scaler's schema is upstream's (no maximum); the operator's bound holds here.
+    for (role, replicas) in scalers {
+        if !(0..=crate::api::limits::MAX_REPLICAS).contains(replicas) {
+            violations.push(Violation {
+                field: format!(
+                    "DisaggregatedSetRoleScaler {}-{role}: spec.replicas",
+                    set.name_any()
+                ),
+                message: format!(
+                    "must be between 0 and {}, is {replicas}",
+                    crate::api::limits::MAX_REPLICAS
+                ),
+            });
+        }
+    }
     if violations.is_empty() {
         let (v, f) = bindings::validate(rt, set, &bound);
         violations.extend(v);

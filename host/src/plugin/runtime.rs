@@ -283,6 +283,7 @@ impl Runtime {
             .total_core_instances(slots * 16)
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
+            .max_memories_per_module(4)
             .total_memories(slots * 4)
             .total_tables(slots * 16)
             .total_stacks(slots)
@@ -417,8 +418,8 @@ impl Runtime {
             Err(_) => Err(PluginError::InvalidComponent {
                 plugin: name.to_string(),
                 message: format!(
-                    "compiling it took longer than {} s; it is refused",
-                    deadline.as_secs()
+                    "compiling it took longer than {} ms; it is refused",
+                    deadline.as_millis()
                 ),
             }),
         }

@@ -104,6 +104,7 @@ impl Scene {
             latency,
             seed: self.seed,
             deny: Vec::new(),
+            black_hole: None,
         });
     }
 

@@ -344,3 +344,102 @@ async fn a_child_name_held_by_another_object_is_not_taken_over() {
     );
     assert_eq!(still.spec.replicas, 1);
 }
+
+/// The leader is cut off from the API server (its requests hang) while a
+/// change waits to be rolled out. It must stop leading before the standby
+/// takes over, and once the cut is lifted no write of the old leader lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_stops_before_a_standby_takes_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube_sim::faults::FaultConfig;
+    let cluster = cluster("partition").await;
+    let spawn = |identity: &str| {
+        // Each replica gets its own bearer token, by which kube-sim can cut it off.
+        let kubeconfig = cluster
+            .kubeconfig
+            .with_file_name(format!("{identity}.kubeconfig"));
+        let text = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
+        std::fs::write(
+            &kubeconfig,
+            text.replace("user: {}", &format!("user:\n    token: {identity}")),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_disagg"))
+            .args([
+                "run",
+                "--namespace",
+                "lws-system",
+                "--probe-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--lease-duration-seconds", "3", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .env("POD_NAME", identity)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Operator(child)
+    };
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "lws-system");
+    let holder = || async {
+        leases
+            .get_opt("disaggregatedset-operator")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let mut old = spawn("replica-a");
+    while holder().await.as_deref() != Some("replica-a") {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _standby = spawn("replica-b");
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    sets.create(&PostParams::default(), &example("partitioned", json!([])))
+        .await
+        .unwrap();
+    let (up, _) = until_available(&sets, &lws, "partitioned").await;
+    assert!(
+        cluster.sim.faults.writes_by("replica-a") > 0,
+        "the leader wrote through its token"
+    );
+
+    cluster.sim.faults.set(FaultConfig {
+        black_hole: Some("replica-a".into()),
+        ..FaultConfig::default()
+    });
+    let cut = Instant::now();
+    set_image(&sets, "partitioned", "vllm/vllm-openai:v0.12.0").await;
+    let mut stopped = None;
+    let taken_over = loop {
+        if stopped.is_none() && old.0.try_wait().unwrap().is_some() {
+            stopped = Some(cut.elapsed());
+        }
+        if holder().await.as_deref() == Some("replica-b") {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(20),
+            "the standby never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stopped = stopped.expect("the cut-off leader was still running when the standby took over");
+    eprintln!("old leader stopped {stopped:?} after the cut; standby led after {taken_over:?}");
+    assert!(stopped < taken_over);
+
+    let landed = cluster.sim.faults.writes_by("replica-a");
+    cluster.sim.faults.set(FaultConfig::default());
+    let bound = BTreeMap::from([("prefill".to_string(), 3), ("decode".to_string(), 5)]);
+    settle(&sets, &lws, "partitioned", &revision_of(&up), &bound).await;
+    assert_eq!(
+        cluster.sim.faults.writes_by("replica-a"),
+        landed,
+        "a write of the old leader landed"
+    );
+    assert!(
+        cluster.sim.faults.writes_by("replica-b") > 0,
+        "the new leader rolled out"
+    );
+}

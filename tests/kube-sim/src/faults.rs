@@ -20,6 +20,10 @@ pub struct FaultConfig {
     pub seed: u64,
     /// Requests refused every time, as an admission webhook, RBAC or a quota would.
     pub deny: Vec<Denial>,
+    /// Requests carrying this bearer token hang, as behind a network
+    /// partition, until the fault is lifted; then they fail with 503 (they
+    /// never take effect).
+    pub black_hole: Option<String>,
 }
 
 /// Every request with this method whose path contains `path` fails with
@@ -70,6 +74,7 @@ impl FaultConfig {
             latency: Duration::from_millis(v["latencyMs"].as_u64().unwrap_or(0)),
             seed: v["seed"].as_u64().unwrap_or(1),
             deny,
+            black_hole: v["blackHole"].as_str().map(str::to_string),
         })
     }
 }
@@ -79,6 +84,8 @@ pub struct Faults {
     config: Mutex<(FaultConfig, u64)>,
     /// Bumped to end every open watch; a watch that subscribed earlier sees the change.
     watch_generation: watch::Sender<u64>,
+    /// Writes served, by the bearer token they carried.
+    writes_by_token: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Default for Faults {
@@ -86,6 +93,7 @@ impl Default for Faults {
         Faults {
             config: Mutex::new((FaultConfig::default(), 1)),
             watch_generation: watch::Sender::new(0),
+            writes_by_token: Mutex::default(),
         }
     }
 }
@@ -129,6 +137,32 @@ impl Faults {
             429 => (429, "TooManyRequests", "the server has received too many requests and has asked us to try again later (injected by kube-sim)".to_string()),
             _ => (500, "InternalError", "an error on the server has prevented the request from succeeding (injected by kube-sim)".to_string()),
         })
+    }
+
+    /// Whether requests with this bearer token are black-holed now.
+    pub fn black_holed(&self, token: &str) -> bool {
+        let guard = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.black_hole.as_deref() == Some(token)
+    }
+
+    /// Counts a write served for this bearer token.
+    pub fn served_write(&self, token: &str) {
+        *self
+            .writes_by_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(token.to_string())
+            .or_default() += 1;
+    }
+
+    /// Writes served so far for this bearer token.
+    pub fn writes_by(&self, token: &str) -> u64 {
+        self.writes_by_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The denial that applies to this request, if one does: `(code, reason, message)`.

@@ -419,6 +419,28 @@ async fn handle(
         &sim.writes
     };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    if let Some(token) = &token
+        && sim.faults.black_holed(token)
+    {
+        while sim.faults.black_holed(token) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        return error_response(&StoreError {
+            code: 503,
+            reason: "ServiceUnavailable",
+            message: "the request was black-holed (injected by kube-sim)".into(),
+        });
+    }
+    if let Some(token) = &token
+        && method != Method::GET
+    {
+        sim.faults.served_write(token);
+    }
     let latency = sim.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
