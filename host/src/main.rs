@@ -332,7 +332,7 @@ fn target_of(set: &DisaggregatedSet, plugins: &[TemplatePlugin<'_>]) -> Target {
 fn render(file: &Path, from: Option<&Path>, plugin_args: &[String]) -> Result<String, CliError> {
     let set = load_set(file)?;
     let runtime = (!plugin_args.is_empty() || !set.spec.plugins.is_empty())
-        .then(|| Runtime::new(Limits::default()))
+        .then(|| Runtime::new(Limits::for_tools()))
         .transpose()
         .map_err(|e| input_error(file, e))?;
     let mut loaded = BTreeMap::new();
@@ -469,7 +469,7 @@ fn input_error(file: &Path, message: impl Into<String>) -> InputError {
 fn plugin_configmap(name: &str, namespace: &str, file: &Path) -> Result<String, CliError> {
     use std::io::Write as _;
     let bytes = std::fs::read(file).map_err(|e| input_error(file, format!("cannot read: {e}")))?;
-    let rt = Runtime::new(Limits::default()).map_err(|e| input_error(file, e))?;
+    let rt = Runtime::new(Limits::for_tools()).map_err(|e| input_error(file, e))?;
     let plugin = rt
         .load(name, &bytes)
         .map_err(|e| input_error(file, e.to_string()))?;
@@ -508,7 +508,7 @@ fn plugin_configmap(name: &str, namespace: &str, file: &Path) -> Result<String, 
 
 fn plugin_check(file: &Path) -> Result<String, CliError> {
     let bytes = std::fs::read(file).map_err(|e| input_error(file, format!("cannot read: {e}")))?;
-    let rt = Runtime::new(Limits::default()).map_err(|e| input_error(file, e))?;
+    let rt = Runtime::new(Limits::for_tools()).map_err(|e| input_error(file, e))?;
     let name = file
         .file_name()
         .and_then(|n| n.to_str())

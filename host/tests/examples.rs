@@ -89,7 +89,14 @@ fn scenarios() -> Vec<(GateInput, Option<&'static str>)> {
 }
 
 fn check(name: &str, bytes: &[u8]) {
-    let rt = Runtime::new(Limits::default()).unwrap();
+    // The JavaScript component is 12 MB: over the operator's default 4 MiB,
+    // as `--max-component-mib 16` allows.
+    let rt = Runtime::new(Limits {
+        component_bytes: 16 << 20,
+        compile_deadline: std::time::Duration::from_secs(300),
+        ..Limits::default()
+    })
+    .unwrap();
     let p = rt.load(name, bytes).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.info.hooks, vec![Hook::GateStep], "{name}");
     for (i, (scenario, want)) in scenarios().into_iter().enumerate() {

@@ -80,6 +80,20 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// For the CLI on an author's own machine (`disagg render`, `disagg plugin
+    /// check`): the operator's call limits, but any component up to 64 MiB
+    /// and as long a compile as it needs (a JavaScript component carries its
+    /// engine: 12 MB, about 15 s to compile).
+    pub fn for_tools() -> Limits {
+        Limits {
+            component_bytes: 64 << 20,
+            compile_deadline: Duration::from_secs(600),
+            ..Limits::default()
+        }
+    }
+}
+
 /// What `describe` returned, plus load facts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginInfo {
