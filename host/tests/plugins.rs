@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{component, read, repo};
+use common::{component, handmade_component, read, repo};
 use disagg::core::patch::{LwsPatch, apply};
 use disagg::core::render::render_child;
 use disagg::core::revision::revision;
@@ -835,66 +835,6 @@ fn the_observer_sees_every_hook_call_with_its_outcome() {
     );
 }
 
-/// A component made by hand from a core module in WAT, for what no guest
-/// toolchain writes by itself: several memories, a huge function. It
-/// implements the contract's ABI directly; `patch-role` runs `patch_body`,
-/// then answers `ok(none)`.
-fn handmade_component(extra_memory: bool, patch_body: &str, extra_funcs: &str) -> Vec<u8> {
-    let second = if extra_memory { "(memory $m1 1)" } else { "" };
-    let module = format!(
-        r#"(module
-  (memory $m0 (export "memory") 1)
-  {second}
-  (global $heap (mut i32) (i32.const 4096))
-  (data (memory $m0) (i32.const 100) "handmade")
-  (data (memory $m0) (i32.const 200) "0.0.0")
-  (data (memory $m0) (i32.const 300) "\00")
-  (data (memory $m0) (i32.const 400) "\64\00\00\00\08\00\00\00\c8\00\00\00\05\00\00\00\2c\01\00\00\01\00\00\00")
-  (data (memory $m0) (i32.const 500) "\00\00\00\00\00\00\00\00\00\00\00\00")
-  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-    (local $p i32)
-    (local.set $p (i32.and
-      (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
-      (i32.xor (i32.sub (local.get 2) (i32.const 1)) (i32.const -1))))
-    (global.set $heap (i32.add (local.get $p) (local.get 3)))
-    (block $ok
-      (loop $grow
-        (br_if $ok (i32.le_u (global.get $heap) (i32.mul (memory.size $m0) (i32.const 65536))))
-        (if (i32.eq (memory.grow $m0 (i32.const 1)) (i32.const -1)) (then unreachable))
-        (br $grow)))
-    (local.get $p))
-  (func (export "disaggregatedset:plugin/hooks@0.1.0#describe") (result i32) (i32.const 400))
-  (func (export "disaggregatedset:plugin/hooks@0.1.0#patch-role")
-    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
-    {patch_body}
-    (i32.const 500))
-  (func (export "disaggregatedset:plugin/hooks@0.1.0#scale-role")
-    (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32) unreachable)
-  (func (export "disaggregatedset:plugin/hooks@0.1.0#gate-step") (param i32) (result i32) unreachable)
-  (func (export "disaggregatedset:plugin/hooks@0.1.0#validate") (param i32 i32 i32 i32) (result i32) unreachable)
-  {extra_funcs}
-)"#
-    );
-    let mut core = wat::parse_str(&module).unwrap();
-    let mut resolve = wit_parser::Resolve::default();
-    let (pkg, _) = resolve.push_dir(repo("wit")).unwrap();
-    let world = resolve.select_world(&[pkg], Some("plugin")).unwrap();
-    wit_component::embed_component_metadata(
-        &mut core,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-        false,
-    )
-    .unwrap();
-    wit_component::ComponentEncoder::default()
-        .module(&core)
-        .unwrap()
-        .validate(true)
-        .encode()
-        .unwrap()
-}
-
 /// The memory cap holds for the whole component: two memories of 40 MiB
 /// each fit a 64 MiB cap one by one, not together.
 #[test]
@@ -936,10 +876,7 @@ fn a_compile_bomb_is_refused_at_its_deadline_and_holds_up_no_other_load() {
         ..Limits::default()
     })
     .unwrap();
-    let body: String =
-        "(local.set 0 (i32.mul (local.get 0) (i32.add (local.get 0) (i32.const 7))))\n"
-            .repeat(380_000);
-    let bomb = handmade_component(false, "", &format!("(func $bomb (param i32) {body})"));
+    let bomb = common::compile_bomb();
     assert!(
         bomb.len() < rt.limits().component_bytes,
         "{} bytes",

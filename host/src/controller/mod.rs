@@ -35,9 +35,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// How long start-up waits for the first plugin loads to finish.
-const STARTUP_GRACE: Duration = Duration::from_secs(3);
-
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "disaggregatedset-operator";
 
@@ -176,10 +173,11 @@ pub async fn run(
         alive,
     ));
 
-    // Plugins first: a set reconciled before its plugin is loaded waits for it
-    // (PluginLoading), so give ordinary loads a moment to finish. Each compiles
-    // on its own thread within its deadline; one slow or hostile component
-    // delays start-up by at most STARTUP_GRACE and then only its own sets.
+    // Plugins are listed first, so every one is known (loaded or loading)
+    // before any set is reconciled; each compiles on a thread of its own
+    // within its deadline. Nothing waits for the compiles: a set bound to a
+    // plugin still loading waits for it alone (see reconcile), so one slow or
+    // hostile component delays neither start-up, leadership, nor other sets.
     match &options.plugin_dir {
         Some(dir) => {
             let mut follower = plugins::DirectoryFollower::new(registry.clone(), dir.clone());
@@ -197,8 +195,7 @@ pub async fn run(
             .await
         }
     }
-    registry.settle(STARTUP_GRACE).await;
-    tracing::info!(plugins = ?registry.names(), "plugins loaded");
+    tracing::info!(plugins = ?registry.names(), "plugins listed");
 
     let ctx = Arc::new(Context {
         client: client.clone(),

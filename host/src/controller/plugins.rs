@@ -25,8 +25,6 @@ pub struct Registry {
     next_load: std::sync::atomic::AtomicU64,
     /// Wakes every set after a change.
     changed: mpsc::UnboundedSender<()>,
-    /// Told when a load ends.
-    settled: tokio::sync::Notify,
 }
 
 /// How a component update went.
@@ -52,7 +50,6 @@ impl Registry {
             loading: Default::default(),
             next_load: Default::default(),
             changed,
-            settled: tokio::sync::Notify::new(),
         };
         (Arc::new(registry), wake)
     }
@@ -86,23 +83,13 @@ impl Registry {
             .contains_key(name)
     }
 
-    /// Waits until no load is under way, or `grace` has passed.
-    pub async fn settle(&self, grace: Duration) {
-        let until = tokio::time::Instant::now() + grace;
-        loop {
-            let notified = self.settled.notified();
-            if self
-                .loading
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
-            {
-                return;
-            }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
-                return;
-            }
-        }
+    /// How long the newest load of `name` has been running, if one is.
+    pub fn loading_for(&self, name: &str) -> Option<Duration> {
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|(_, since)| since.elapsed())
     }
 
     /// Starts a load of `name`: from now on it is loading, and only the load
@@ -179,15 +166,11 @@ impl Registry {
 
     /// Ends the load `ticket` of `name`; whether it was the newest.
     fn finish(&self, name: &str, ticket: u64) -> bool {
-        let newest = {
-            let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
-            let newest = loading.get(name).map(|(t, _)| *t) == Some(ticket);
-            if newest {
-                loading.remove(name);
-            }
-            newest
-        };
-        self.settled.notify_waiters();
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = loading.get(name).map(|(t, _)| *t) == Some(ticket);
+        if newest {
+            loading.remove(name);
+        }
         newest
     }
 

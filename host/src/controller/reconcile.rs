@@ -28,6 +28,8 @@ use std::time::Duration;
 /// How often a set mid-rollout is looked at again without any change (for
 /// `progressDeadlineSeconds`); changes to its children wake it sooner.
 const ROLLING_RECHECK: Duration = Duration::from_secs(15);
+/// A plugin load that has run this long is shown on the sets waiting for it.
+const REPORT_LOADING_AFTER: Duration = Duration::from_secs(2);
 /// A periodic resync of a settled set (reads only).
 const STEADY_RECHECK: Duration = Duration::from_secs(300);
 
@@ -118,6 +120,22 @@ async fn reconcile_inner(
     let uid = set.uid().unwrap_or_default();
     let lws_api: Api<LeaderWorkerSet> = Api::namespaced(ctx.client.clone(), &ns);
     let scaler_api: Api<DisaggregatedSetRoleScaler> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // A bound plugin with no component yet, but one compiling: decide nothing
+    // until it is there (deciding without it would compute another revision).
+    // Loads are short; one that is not shows on the set after a moment.
+    let effective = bindings::effective(&ctx.default_plugins, &set.spec.plugins);
+    let loading: Vec<(String, Duration)> = effective
+        .iter()
+        .filter(|b| ctx.plugins.get(&b.name).is_none())
+        .filter_map(|b| Some((b.name.clone(), ctx.plugins.loading_for(&b.name)?)))
+        .collect();
+    if !loading.is_empty() {
+        if loading.iter().any(|(_, took)| *took > REPORT_LOADING_AFTER) {
+            report_loading(set, ctx, &loading).await?;
+        }
+        return Ok(Requeue::requeue(Duration::from_millis(500)));
+    }
 
     // Observe.
     let selector = format!("{}={name}", keys::NAME);
@@ -804,6 +822,55 @@ async fn report(
         )?;
     }
     Ok((status, now))
+}
+
+/// While a set waits for a plugin still compiling, its status is what it
+/// was, with `PluginsReady=False` saying which plugin it waits for.
+async fn report_loading(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    loading: &[(String, Duration)],
+) -> Result<(), Error> {
+    let previous = set.status.clone().unwrap_or_default();
+    let list: Vec<String> = loading
+        .iter()
+        .map(|(name, _)| {
+            crate::plugin::PluginError::Loading {
+                plugin: name.clone(),
+            }
+            .to_string()
+        })
+        .collect();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let condition = status::condition(
+        &previous.conditions,
+        conditions::PLUGINS_READY,
+        false,
+        "PluginLoading",
+        list.join("; "),
+        set.metadata.generation,
+        &now,
+    );
+    if previous.conditions.contains(&condition) {
+        return Ok(());
+    }
+    let mut status = previous.clone();
+    status
+        .conditions
+        .retain(|c| c.type_ != conditions::PLUGINS_READY);
+    status.conditions.push(condition);
+    let body = json!({
+        "apiVersion": DisaggregatedSet::api_version(&()),
+        "kind": DisaggregatedSet::kind(&()),
+        "metadata": {"name": set.name_any(), "namespace": set.namespace()},
+        "status": status,
+    });
+    existed(
+        ctx.client_sets(set)
+            .patch_status(&set.name_any(), &ctx.apply_params(), &Patch::Apply(body))
+            .await,
+    )?;
+    Ok(())
 }
 
 /// Condition messages stay readable (and far under the API's limits).

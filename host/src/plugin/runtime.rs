@@ -312,6 +312,9 @@ impl Runtime {
             .wasm_component_model(true)
             .async_stack_size(1 << 20)
             .epoch_interruption(true)
+            // Each component compiles on its own thread, not on a pool shared
+            // by all: otherwise one huge function holds up every other load.
+            .parallel_compilation(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine =
             Engine::new(&config).map_err(|e| format!("cannot start the Wasm engine: {e}"))?;

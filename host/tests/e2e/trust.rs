@@ -443,3 +443,153 @@ async fn a_leader_cut_off_from_the_api_stops_before_a_standby_takes_over() {
         "the new leader rolled out"
     );
 }
+
+/// A patch that changes what a plugin may not (here the child's replicas)
+/// is refused and reported on its set, naming the field; the other role,
+/// which the plugin is not bound to, comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_patch_is_refused_and_named_on_the_set() {
+    let cluster = cluster("forbidden-patch").await;
+    install_plugin(&cluster.client, "hostile", "hostile").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let rescale = json!([{"op": "replace", "path": "/spec/replicas", "value": 50}]);
+    let binding = json!([{"name": "hostile", "roles": ["prefill"],
+                          "config": {"mode": "return", "patch": rescale}}]);
+    sets.create(&PostParams::default(), &example("rescaler", binding))
+        .await
+        .unwrap();
+    let (set, kids) = watch_until(
+        &sets,
+        &lws,
+        "rescaler",
+        "PluginBadOutput",
+        |_| {},
+        |s, k| reason_of(s, "PluginsReady").as_deref() == Some("PluginBadOutput") && !k.is_empty(),
+    )
+    .await;
+    let message = condition_message(&set, "PluginsReady");
+    assert!(
+        message.contains("spec.replicas") && message.contains("patch-role"),
+        "{message}"
+    );
+    let roles: Vec<String> = kids
+        .iter()
+        .map(|k| k.metadata.labels.clone().unwrap()[disagg::api::keys::ROLE].clone())
+        .collect();
+    assert_eq!(roles, ["decode"]);
+    assert!(kids.iter().all(|k| k.spec.replicas != 50));
+}
+
+/// Writes refused for one role's child (its scale patches) stall neither
+/// the other role nor other sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refused_for_one_role_do_not_stall_the_other() {
+    use kube_sim::faults::{Denial, FaultConfig};
+    let cluster = cluster("one-role-denied").await;
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    sets.create(&PostParams::default(), &example("split", json!([])))
+        .await
+        .unwrap();
+    let (up, _) = until_available(&sets, &lws, "split").await;
+    let prefill = format!("split-0-{}-prefill", revision_of(&up));
+    cluster.sim.faults.set(FaultConfig {
+        deny: vec![Denial {
+            method: "PATCH".into(),
+            path: format!("/leaderworkersets/{prefill}"),
+            code: 422,
+            message: format!("LeaderWorkerSet.leaderworkerset.x-k8s.io \"{prefill}\" is invalid: spec.replicas: Invalid value (injected)"),
+        }],
+        ..FaultConfig::default()
+    });
+    sets.patch(
+        "split",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "replace", "path": "/spec/roles/0/spec/replicas", "value": 3},
+                {"op": "replace", "path": "/spec/roles/1/spec/replicas", "value": 6},
+            ]))
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let (set, kids) = watch_until(
+        &sets,
+        &lws,
+        "split",
+        "decode scaled, prefill refused",
+        |_| {},
+        |s, k| {
+            condition(s, "ReplicaFailure").as_deref() == Some("True")
+                && k.iter().any(|c| {
+                    c.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.ends_with("-decode"))
+                        && c.spec.replicas == 6
+                })
+        },
+    )
+    .await;
+    let message = condition_message(&set, "ReplicaFailure");
+    assert!(
+        message.contains(&prefill) && message.contains("422"),
+        "{message}"
+    );
+    let stuck = kids
+        .iter()
+        .find(|k| k.metadata.name.as_deref() == Some(prefill.as_str()))
+        .unwrap();
+    assert_eq!(stuck.spec.replicas, 2);
+}
+
+/// A component that is slow to compile delays only the sets bound to it:
+/// the operator starts, a set bound to another plugin comes up at once, and
+/// the waiting set says what it waits for until its plugin has loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_plugin_delays_only_the_sets_bound_to_it() {
+    use std::io::Write;
+    let cluster = cluster("slow-plugin").await;
+    install_plugin(&cluster.client, "role-profile", "role-profile").await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&super::common::compile_bomb()).unwrap();
+    put_plugin(
+        &cluster.client,
+        "slow",
+        "plugin.wasm.gz",
+        gz.finish().unwrap(),
+    )
+    .await;
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    sets.create(
+        &PostParams::default(),
+        &example("quick", json!([{"name": "role-profile"}])),
+    )
+    .await
+    .unwrap();
+    sets.create(
+        &PostParams::default(),
+        &example("patient", json!([{"name": "slow"}])),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let _operator = start_operator(&cluster);
+    until_available(&sets, &lws, "quick").await;
+    let quick = started.elapsed();
+    let (patient, _) = until_available(&sets, &lws, "patient").await;
+    let patient_took = started.elapsed();
+    eprintln!("quick Available after {quick:?}, patient after {patient_took:?}");
+    // Waiting for every load first would make the two nearly equal.
+    assert!(
+        quick.as_secs_f64() < 0.75 * patient_took.as_secs_f64(),
+        "the quick set waited for the slow plugin"
+    );
+    assert_eq!(condition(&patient, "PluginsReady").as_deref(), Some("True"));
+}
