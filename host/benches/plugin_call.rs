@@ -5,9 +5,15 @@
 //! Also the same call with a plugin that does not read the LWS (the host's
 //! share of the cost) and a small gate-step (the floor).
 //!
+//! And the sandbox's worst cases: how long a call stuck in a host function
+//! (a guest `sleep`) takes to return, and the process's peak memory while
+//! more calls than there are slots each hoard memory up to the cap.
+//!
 //! Prints criterion's report and machine-readable lines:
-//! `BENCH <name> median_us=<n>` and
-//! `BENCH plugin_compile name=<crate> size_bytes=<n> compile_ms=<n>`.
+//! `BENCH <name> median_us=<n>`,
+//! `BENCH plugin_compile name=<crate> size_bytes=<n> compile_ms=<n>`,
+//! `BENCH plugin_stuck_call mode=<m> deadline_ms=<n> median_ms=<n> max_ms=<n>` and
+//! `BENCH plugin_memory_worst concurrent_calls=<n> cap_mib=<n> callers=<n> base_rss_mib=<n> peak_rss_mib=<n>`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -121,6 +127,7 @@ fn main() {
             println!("BENCH {name} median_us={:.2}", ns / 1000.0);
         }
     }
+    sandbox_worst_cases();
     // Compile time against size: a fresh runtime each time, so nothing is cached.
     for name in common::GUESTS
         .iter()
@@ -135,4 +142,69 @@ fn main() {
             p.compile_time.as_secs_f64() * 1000.0
         );
     }
+}
+
+/// The process's resident memory and its peak so far, in MiB (Linux).
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn sandbox_worst_cases() {
+    use std::time::{Duration, Instant};
+    let rt = Runtime::new(Limits::default()).unwrap();
+    let hostile = rt
+        .load("hostile", &common::read(&common::component("hostile")))
+        .unwrap();
+    let deadline = rt.limits().deadline.as_millis();
+    for mode in ["sleep", "clock-spin", "stdin", "loop"] {
+        let call = PatchInput {
+            config: json!({"mode": mode}).to_string(),
+            ..input()
+        };
+        let mut took: Vec<f64> = (0..15)
+            .map(|_| {
+                let started = Instant::now();
+                let _ = rt.patch_role(&hostile, &call);
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        took.sort_by(f64::total_cmp);
+        println!(
+            "BENCH plugin_stuck_call mode={mode} deadline_ms={deadline} median_ms={:.1} max_ms={:.1}",
+            took[took.len() / 2],
+            took[took.len() - 1]
+        );
+    }
+    // Twice as many callers as slots, each call hoarding memory until the cap stops it.
+    let (base, _) = rss_mib();
+    let callers = 2 * rt.limits().concurrent_calls;
+    let oom = PatchInput {
+        config: json!({"mode": "oom"}).to_string(),
+        ..input()
+    };
+    let until = Instant::now() + Duration::from_secs(3);
+    std::thread::scope(|s| {
+        for _ in 0..callers {
+            s.spawn(|| {
+                while Instant::now() < until {
+                    let _ = rt.patch_role(&hostile, &oom);
+                }
+            });
+        }
+    });
+    let (_, peak) = rss_mib();
+    println!(
+        "BENCH plugin_memory_worst concurrent_calls={} cap_mib={} callers={callers} base_rss_mib={base:.0} peak_rss_mib={peak:.0}",
+        rt.limits().concurrent_calls,
+        rt.limits().memory_bytes >> 20
+    );
 }

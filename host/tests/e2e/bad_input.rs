@@ -183,6 +183,33 @@ fn cases() -> Vec<(&'static str, Mutation, Expect)> {
             |s| s["spec"]["plugins"] = json!([{"name": "gate", "failurePolicy": "Retry"}]),
             Rejected("spec.plugins[0].failurePolicy"),
         ),
+        // Numbers past their bounds: none may reach the planner's arithmetic.
+        (
+            "replicas-over-a-million",
+            |s| s["spec"]["roles"][0]["spec"]["replicas"] = json!(1_000_001),
+            Rejected("replicas"),
+        ),
+        (
+            "replicas-beyond-i32",
+            |s| s["spec"]["roles"][0]["spec"]["replicas"] = json!(4_294_967_296u64),
+            Rejected("replicas"),
+        ),
+        (
+            "surge-at-i32-max",
+            |s| {
+                s["spec"]["roles"][0]["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"]["maxSurge"] =
+                    json!(i32::MAX)
+            },
+            Invalid("maxSurge"),
+        ),
+        (
+            "unavailable-at-i32-max",
+            |s| {
+                s["spec"]["roles"][0]["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"]["maxUnavailable"] =
+                    json!(i32::MAX)
+            },
+            Invalid("maxUnavailable"),
+        ),
     ]
 }
 

@@ -498,3 +498,77 @@ proptest! {
         }
     }
 }
+
+/// Numbers at their bounds — a million replicas, a million surge, a rollout
+/// from the largest old revision — decide without overflowing, and observed
+/// numbers past the bounds are clamped when read.
+#[test]
+fn rollouts_at_the_numeric_bounds_never_overflow() {
+    use crate::api::limits::MAX_REPLICAS;
+    use crate::core::execute::bounded;
+    assert_eq!(bounded(i32::MAX), MAX_REPLICAS);
+    assert_eq!(bounded(i32::MIN), 0);
+    for budget in [
+        Budget::from_absolute(MAX_REPLICAS, 0),
+        Budget::from_absolute(0, MAX_REPLICAS),
+        Budget::from_absolute(MAX_REPLICAS, MAX_REPLICAS),
+        Budget::DEFAULT,
+    ] {
+        let mut t = target(
+            "new",
+            &[("prefill", MAX_REPLICAS), ("decode", MAX_REPLICAS)],
+        );
+        t.slices = crate::api::limits::MAX_SLICES;
+        for r in &mut t.roles {
+            r.budget = budget;
+        }
+        let mut children: Vec<_> = ["prefill", "decode"]
+            .iter()
+            .map(|r| child("old", r, MAX_REPLICAS, Some(MAX_REPLICAS), 1))
+            .collect();
+        // A few passes of the planner from the largest old revision.
+        for _ in 0..4 {
+            let d = decide(&t, &children);
+            simulate::apply(&t, &mut children, &d.slices[0].actions, 2);
+        }
+        assert!(
+            children
+                .iter()
+                .all(|c| (0..=MAX_REPLICAS).contains(&c.replicas))
+        );
+    }
+}
+
+/// Budgets resolve to at most the replica bound, however large the number
+/// or percentage given, so `target + maxSurge` always fits an `i32`.
+#[test]
+fn budgets_resolve_within_the_replica_bound() {
+    use crate::api::limits::MAX_REPLICAS;
+    use crate::api::lws::RollingUpdateConfiguration;
+    use crate::api::validate::resolve_budget;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    for (surge, unavailable) in [
+        (IntOrString::Int(i32::MAX), IntOrString::Int(0)),
+        (
+            IntOrString::String("2147483647%".into()),
+            IntOrString::Int(0),
+        ),
+        (IntOrString::Int(0), IntOrString::Int(i32::MAX)),
+        (
+            IntOrString::Int(0),
+            IntOrString::String("999999999%".into()),
+        ),
+    ] {
+        let cfg = RollingUpdateConfiguration {
+            partition: 0,
+            max_surge: surge.clone(),
+            max_unavailable: unavailable.clone(),
+        };
+        let b = resolve_budget(Some(&cfg), MAX_REPLICAS);
+        assert!(
+            b.max_surge <= MAX_REPLICAS && b.max_unavailable <= MAX_REPLICAS,
+            "{surge:?} {unavailable:?}: {b:?}"
+        );
+        assert!(MAX_REPLICAS.checked_add(b.max_surge).is_some());
+    }
+}
