@@ -306,7 +306,9 @@ impl Runtime {
             // madvise) avoids page faults on fresh instances, which otherwise
             // dominate a call (benches/plugin_call.rs). Untouched pages still cost nothing.
             .linear_memory_keep_resident(2 << 20)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            // The same for the call's fiber stack (async calls run on one).
+            .async_stack_keep_resident(256 << 10);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -514,28 +516,27 @@ impl Runtime {
     /// the deadline plus a tick whatever the guest does: Wasm code is
     /// interrupted by the epoch, a host call it waits in is abandoned.
     fn call(&self, plugin: &LoadedPlugin, request: Request<'_>) -> Result<Response, PluginError> {
-        let executor = self
-            .executor
-            .as_ref()
-            .expect("the executor lives as long as the runtime");
-        executor.block_on(self.call_async(plugin, request))
-    }
-
-    async fn call_async(
-        &self,
-        plugin: &LoadedPlugin,
-        request: Request<'_>,
-    ) -> Result<Response, PluginError> {
         let limits = self.limits;
         let name = || plugin.name.clone();
+        // WASI's pollables (a guest's sleep) need tokio's timer; entering the
+        // executor only sets a thread-local. The call itself is polled right
+        // here, so an ordinary call costs no timer and no thread hand-off.
+        let _context = self
+            .executor
+            .as_ref()
+            .expect("the executor lives as long as the runtime")
+            .enter();
         let busy = || PluginError::Busy {
             plugin: name(),
             waited_ms: limits.slot_wait.as_millis() as u64,
             slots: limits.concurrent_calls,
         };
-        let Ok(Ok(_slot)) = tokio::time::timeout(limits.slot_wait, self.slots.acquire()).await
-        else {
-            return Err(busy());
+        let _slot = match self.slots.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => match poll_until(self.slots.acquire(), Instant::now() + limits.slot_wait) {
+                Some(Ok(slot)) => slot,
+                _ => return Err(busy()),
+            },
         };
         let _in_flight = InFlight::new(&self.busy);
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
@@ -574,14 +575,14 @@ impl Runtime {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
             invoke(&instance, &mut store, request).await
         };
-        let outcome = tokio::time::timeout(wall, run).await;
+        let outcome = poll_until(run, Instant::now() + wall);
         forward_output(&plugin.name, "stdout", &stdout.contents());
         forward_output(&plugin.name, "stderr", &stderr.contents());
         let timeout = || PluginError::Timeout {
             plugin: name(),
             limit_ms: limits.deadline.as_millis() as u64,
         };
-        let Ok(result) = outcome else {
+        let Some(result) = outcome else {
             return Err(timeout());
         };
         result.map_err(|e| {
@@ -782,6 +783,28 @@ impl Runtime {
 const MAX_MESSAGE_BYTES: usize = 512;
 /// The most violations one plugin may report at once.
 const MAX_VIOLATIONS: usize = 20;
+
+/// Polls `future` on this thread until it is ready or `deadline` passes;
+/// then it is dropped (for a plugin call: the instance and all with it).
+fn poll_until<F: std::future::Future>(future: F, deadline: Instant) -> Option<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        // Woken by the future (a slot freed, a guest's sleep ended), or timed out.
+        std::thread::park_timeout(left);
+    }
+}
 
 /// Advances the engine's epoch while calls are in flight, until the runtime
 /// is dropped. With no call in flight it waits (checking once a second
