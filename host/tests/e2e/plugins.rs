@@ -340,13 +340,14 @@ async fn hostile_plugins_fail_their_own_sets_only() {
     let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
     let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
     // Each set binds the hostile plugin to its prefill role, misbehaving one way.
-    // (Under a loaded machine the memory bomb may reach the 100 ms deadline
-    // before the 64 MiB limit; either is the sandbox holding.)
+    // (Under a loaded machine the memory bomb and the 4 MiB output may reach
+    // the 100 ms deadline before their own limits; either is the sandbox
+    // holding. tests/plugins.rs checks each limit on its own, with a longer deadline.)
     let cases: [(&str, &str, &[&str]); 5] = [
         ("loop", "spins", &["timed out"]),
         ("trap", "traps", &["trapped", "panics on purpose"]),
         ("oom", "hoards", &["out of memory", "timed out"]),
-        ("big-output", "floods", &["output over the"]),
+        ("big-output", "floods", &["output over the", "timed out"]),
         ("garbage", "garbles", &["bad output"]),
     ];
     for (mode, name, _) in cases {

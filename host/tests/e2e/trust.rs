@@ -73,6 +73,7 @@ async fn a_sleeping_gate_is_reported_within_seconds_and_stalls_nothing_else() {
     )
     .await;
     let reported = changed.elapsed();
+    eprintln!("a sleeping gate was reported on its set {reported:?} after the change");
     assert!(
         reported < Duration::from_secs(5),
         "reported after {reported:?}"
