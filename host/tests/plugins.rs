@@ -361,6 +361,22 @@ fn calling_a_hook_a_plugin_does_not_implement_is_an_error() {
     assert_eq!(err.reason(), "PluginHookMissing");
 }
 
+/// Runs the hostile plugin's `patch-role` in `mode`: its error and how long it took.
+fn misbehave(
+    rt: &Runtime,
+    hostile: &disagg::plugin::LoadedPlugin,
+    base: &PatchInput,
+    mode: &str,
+) -> (PluginError, Duration) {
+    let input = PatchInput {
+        config: json!({"mode": mode}).to_string(),
+        ..base.clone()
+    };
+    let started = Instant::now();
+    let err = rt.patch_role(hostile, &input).unwrap_err();
+    (err, started.elapsed())
+}
+
 /// Each hostile behaviour gives its typed error within its limit, and a
 /// healthy plugin still works right after.
 #[test]
@@ -383,13 +399,7 @@ fn hostile_plugins_fail_with_typed_errors_and_do_not_poison_the_runtime() {
         ("flood", "PluginOutputTooLarge", Duration::from_secs(2)),
         ("big-output", "PluginOutputTooLarge", Duration::from_secs(2)),
     ] {
-        let input = PatchInput {
-            config: json!({"mode": mode}).to_string(),
-            ..base.clone()
-        };
-        let started = Instant::now();
-        let err = rt.patch_role(&hostile, &input).unwrap_err();
-        let took = started.elapsed();
+        let (err, took) = misbehave(&rt, &hostile, &base, mode);
         assert_eq!(err.reason(), reason, "{mode}: {err}");
         assert!(err.to_string().contains("plugin hostile"), "{err}");
         assert!(took < max, "{mode} took {took:?}");
@@ -509,13 +519,7 @@ fn guests_blocked_in_host_calls_are_abandoned_at_the_deadline() {
         ("stdin", "PluginTimeout"),
         ("exit", "PluginTrapped"),
     ] {
-        let input = PatchInput {
-            config: json!({"mode": mode}).to_string(),
-            ..base.clone()
-        };
-        let started = Instant::now();
-        let err = rt.patch_role(&hostile, &input).unwrap_err();
-        let took = started.elapsed();
+        let (err, took) = misbehave(&rt, &hostile, &base, mode);
         assert_eq!(err.reason(), reason, "{mode}: {err}");
         assert!(
             took < deadline + Duration::from_millis(150),
@@ -545,26 +549,41 @@ fn guests_blocked_in_host_calls_are_abandoned_at_the_deadline() {
     assert!(started.elapsed() < deadline + Duration::from_millis(150));
 }
 
-/// Calls from every caller share one bound; a call that finds every slot
-/// taken for `slot_wait` is `PluginBusy` — retryable, never run half-way.
-#[test]
-fn calls_beyond_the_slots_wait_and_then_report_busy() {
+/// A runtime with `slots` call slots, every one taken by a hostile call
+/// sleeping towards its 800 ms deadline (each thread answers its error's reason).
+fn slots_taken(
+    slots: usize,
+    slot_wait: Duration,
+) -> (
+    Arc<Runtime>,
+    Arc<disagg::plugin::LoadedPlugin>,
+    Vec<std::thread::JoinHandle<&'static str>>,
+) {
     let rt = Runtime::new(Limits {
         deadline: Duration::from_millis(800),
-        concurrent_calls: 2,
-        slot_wait: Duration::from_millis(200),
+        concurrent_calls: slots,
+        slot_wait,
         ..Limits::default()
     })
     .unwrap();
     let hostile = load(&rt, "hostile");
-    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
-    let sleepers: Vec<_> = (0..2)
+    let (_, sleeper) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
+    let sleepers = (0..slots)
         .map(|_| {
-            let (rt, hostile, input) = (rt.clone(), hostile.clone(), base.clone());
+            let (rt, hostile, input) = (rt.clone(), hostile.clone(), sleeper.clone());
             std::thread::spawn(move || rt.patch_role(&hostile, &input).unwrap_err().reason())
         })
         .collect();
     std::thread::sleep(Duration::from_millis(100));
+    (rt, hostile, sleepers)
+}
+
+/// Calls from every caller share one bound; a call that finds every slot
+/// taken for `slot_wait` is `PluginBusy` — retryable, never run half-way.
+#[test]
+fn calls_beyond_the_slots_wait_and_then_report_busy() {
+    let (rt, hostile, sleepers) = slots_taken(2, Duration::from_millis(200));
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
     let started = Instant::now();
     let err = rt.patch_role(&hostile, &base).unwrap_err();
     assert_eq!(err.reason(), "PluginBusy", "{err}");
@@ -949,20 +968,8 @@ fn scale_advice_is_bounded_and_messages_are_truncated() {
 fn a_busy_plugin_blocks_its_role_even_under_ignore() {
     use disagg::api::set::{FailurePolicy, PluginBinding};
     use disagg::plugin::bindings::{Bound, patch};
-    let rt = Runtime::new(Limits {
-        deadline: Duration::from_millis(600),
-        concurrent_calls: 1,
-        slot_wait: Duration::from_millis(50),
-        ..Limits::default()
-    })
-    .unwrap();
-    let hostile = load(&rt, "hostile");
-    let (lws, sleeper) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
-    let busy = {
-        let (rt, hostile) = (rt.clone(), hostile.clone());
-        std::thread::spawn(move || rt.patch_role(&hostile, &sleeper))
-    };
-    std::thread::sleep(Duration::from_millis(100));
+    let (rt, hostile, sleepers) = slots_taken(1, Duration::from_millis(50));
+    let (lws, _) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
     let bound = [Bound {
         binding: PluginBinding {
             name: "shaper".into(),
@@ -981,5 +988,7 @@ fn a_busy_plugin_blocks_its_role_even_under_ignore() {
     assert_eq!(failure.reason, "PluginBusy");
     assert!(failure.blocks() && failure.retry, "{failure:?}");
     assert!(skipped.is_empty());
-    assert_eq!(busy.join().unwrap().unwrap_err().reason(), "PluginTimeout");
+    for s in sleepers {
+        assert_eq!(s.join().unwrap(), "PluginTimeout");
+    }
 }

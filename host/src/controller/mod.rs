@@ -106,7 +106,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(plugins::truncate(&note)),
+            note: Some(plugins::truncate(&note, 1000)),
             action: action.into(),
             secondary: None,
         };

@@ -393,9 +393,10 @@ async fn load_configmap(
             let event = kube::runtime::events::Event {
                 type_: kube::runtime::events::EventType::Warning,
                 reason: "PluginRefused".into(),
-                note: Some(truncate(&format!(
-                    "{reason}; the last good version (if any) stays in use"
-                ))),
+                note: Some(truncate(
+                    &format!("{reason}; the last good version (if any) stays in use"),
+                    1000,
+                )),
                 action: "Load".into(),
                 secondary: None,
             };
@@ -406,12 +407,13 @@ async fn load_configmap(
     }
 }
 
-/// Event notes are limited to 1 kB.
-pub fn truncate(s: &str) -> String {
-    if s.len() <= 1000 {
+/// Cuts `s` to at most `max` bytes (on a character boundary), marking the cut.
+/// Event notes are limited to 1 kB; condition messages are kept to 2 kB.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_string();
     }
-    let mut end = 1000;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }

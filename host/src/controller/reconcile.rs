@@ -726,7 +726,7 @@ async fn report(
             conditions::REPLICA_FAILURE,
             true,
             "FailedWrite",
-            truncate_message(&list.join("; ")),
+            super::plugins::truncate(&list.join("; "), 2048),
             set.metadata.generation,
             &now,
         ));
@@ -808,20 +808,30 @@ async fn report(
     }
 
     if !same_status(previous, &status) {
-        let body = json!({
-            "apiVersion": DisaggregatedSet::api_version(&()),
-            "kind": DisaggregatedSet::kind(&()),
-            "metadata": {"name": set.name_any(), "namespace": set.namespace()},
-            "status": status,
-        });
-        // Deleted meanwhile: nothing left to report on.
-        existed(
-            ctx.client_sets(set)
-                .patch_status(&set.name_any(), &ctx.apply_params(), &Patch::Apply(body))
-                .await,
-        )?;
+        write_status(set, ctx, &status).await?;
     }
     Ok((status, now))
+}
+
+/// Server-side applies the set's status; a set deleted meanwhile has nothing
+/// left to report on.
+async fn write_status(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    status: &DisaggregatedSetStatus,
+) -> Result<(), Error> {
+    let body = json!({
+        "apiVersion": DisaggregatedSet::api_version(&()),
+        "kind": DisaggregatedSet::kind(&()),
+        "metadata": {"name": set.name_any(), "namespace": set.namespace()},
+        "status": status,
+    });
+    existed(
+        ctx.client_sets(set)
+            .patch_status(&set.name_any(), &ctx.apply_params(), &Patch::Apply(body))
+            .await,
+    )?;
+    Ok(())
 }
 
 /// While a set waits for a plugin still compiling, its status is what it
@@ -859,30 +869,7 @@ async fn report_loading(
         .conditions
         .retain(|c| c.type_ != conditions::PLUGINS_READY);
     status.conditions.push(condition);
-    let body = json!({
-        "apiVersion": DisaggregatedSet::api_version(&()),
-        "kind": DisaggregatedSet::kind(&()),
-        "metadata": {"name": set.name_any(), "namespace": set.namespace()},
-        "status": status,
-    });
-    existed(
-        ctx.client_sets(set)
-            .patch_status(&set.name_any(), &ctx.apply_params(), &Patch::Apply(body))
-            .await,
-    )?;
-    Ok(())
-}
-
-/// Condition messages stay readable (and far under the API's limits).
-fn truncate_message(s: &str) -> String {
-    if s.len() <= 2048 {
-        return s.to_string();
-    }
-    let mut end = 2048;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    write_status(set, ctx, &status).await
 }
 
 /// A write to an object that may have gone meanwhile: `Ok(false)` on 404

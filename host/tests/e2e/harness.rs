@@ -108,6 +108,16 @@ pub fn start_operator(cluster: &Cluster) -> Operator {
 }
 
 pub fn start_operator_with(cluster: &Cluster, extra: &[&str]) -> Operator {
+    spawn_operator(&cluster.kubeconfig, extra, &[])
+}
+
+/// `disagg run` against the cluster behind `kubeconfig`, with `extra`
+/// arguments and `env` variables (e.g. `POD_NAME`, its Lease identity).
+pub fn spawn_operator(
+    kubeconfig: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Operator {
     let child = Command::new(env!("CARGO_BIN_EXE_disagg"))
         .args([
             "run",
@@ -117,8 +127,9 @@ pub fn start_operator_with(cluster: &Cluster, extra: &[&str]) -> Operator {
             "127.0.0.1:0",
             "--kubeconfig",
         ])
-        .arg(&cluster.kubeconfig)
+        .arg(kubeconfig)
         .args(extra)
+        .envs(env.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("DISAGG_E2E_LOG").unwrap_or_else(|_| "warn".into()),
@@ -153,13 +164,25 @@ pub async fn children(api: &Api<LeaderWorkerSet>, set: &str) -> Vec<LeaderWorker
         .items
 }
 
+/// The status of a condition of the set, if it has one.
 pub fn condition(set: &DisaggregatedSet, type_: &str) -> Option<String> {
+    find_condition(set, type_).map(|c| c.status.clone())
+}
+
+/// The reason of a condition of the set, if it has one.
+pub fn condition_reason(set: &DisaggregatedSet, type_: &str) -> Option<String> {
+    find_condition(set, type_).map(|c| c.reason.clone())
+}
+
+fn find_condition<'a>(
+    set: &'a DisaggregatedSet,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     set.status
         .as_ref()?
         .conditions
         .iter()
         .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
 }
 
 pub fn available(set: &DisaggregatedSet) -> bool {

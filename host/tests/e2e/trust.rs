@@ -12,15 +12,6 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn reason_of(set: &DisaggregatedSet, type_: &str) -> Option<String> {
-    set.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.reason.clone())
-}
-
 async fn warnings(client: &kube::Client, ns: &str, set: &str, reason: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     events
@@ -69,7 +60,7 @@ async fn a_sleeping_gate_is_reported_within_seconds_and_stalls_nothing_else() {
         "strict",
         "PluginsReady=False (PluginTimeout)",
         |_| {},
-        |s, _| reason_of(s, "PluginsReady").as_deref() == Some("PluginTimeout"),
+        |s, _| condition_reason(s, "PluginsReady").as_deref() == Some("PluginTimeout"),
     )
     .await;
     let reported = changed.elapsed();
@@ -365,22 +356,11 @@ async fn a_leader_cut_off_from_the_api_stops_before_a_standby_takes_over() {
             text.replace("user: {}", &format!("user:\n    token: {identity}")),
         )
         .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_disagg"))
-            .args([
-                "run",
-                "--namespace",
-                "lws-system",
-                "--probe-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--lease-duration-seconds", "3", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .env("POD_NAME", identity)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        Operator(child)
+        spawn_operator(
+            &kubeconfig,
+            &["--lease-duration-seconds", "3"],
+            &[("POD_NAME", identity)],
+        )
     };
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "lws-system");
     let holder = || async {
@@ -467,7 +447,10 @@ async fn a_forbidden_patch_is_refused_and_named_on_the_set() {
         "rescaler",
         "PluginBadOutput",
         |_| {},
-        |s, k| reason_of(s, "PluginsReady").as_deref() == Some("PluginBadOutput") && !k.is_empty(),
+        |s, k| {
+            condition_reason(s, "PluginsReady").as_deref() == Some("PluginBadOutput")
+                && !k.is_empty()
+        },
     )
     .await;
     let message = condition_message(&set, "PluginsReady");
