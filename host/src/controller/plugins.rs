@@ -75,14 +75,6 @@ impl Registry {
             .cloned()
     }
 
-    /// Whether a component of `name` is being compiled.
-    pub fn is_loading(&self, name: &str) -> bool {
-        self.loading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(name)
-    }
-
     /// How long the newest load of `name` has been running, if one is.
     pub fn loading_for(&self, name: &str) -> Option<Duration> {
         self.loading

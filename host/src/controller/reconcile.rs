@@ -7,7 +7,7 @@ use super::{Context, Error};
 use crate::api::keys;
 use crate::api::lws::LeaderWorkerSet;
 use crate::api::scaler::{DisaggregatedSetRoleScaler, DisaggregatedSetRoleScalerSpec};
-use crate::api::set::{DisaggregatedSet, DisaggregatedSetStatus, PluginStatus};
+use crate::api::set::{DisaggregatedSet, DisaggregatedSetStatus, PluginBinding, PluginStatus};
 use crate::api::validate::Violation;
 use crate::core::execute::{Action, Child, Decision, SliceState, Target, decide, target_for};
 use crate::core::render::{is_controlled_by, owner_reference, render_child};
@@ -152,7 +152,7 @@ async fn reconcile_inner(
     // Decide (plugins run here: blocking work off the async threads).
     let plan = {
         let (set, ctx, children) = (set.clone(), ctx.clone(), children.clone());
-        tokio::task::spawn_blocking(move || plan(&set, &ctx, &children, &scalers))
+        tokio::task::spawn_blocking(move || plan(&set, &ctx, &effective, &children, &scalers))
             .await
             .map_err(|e| Error::Internal(format!("the decide task failed: {e}")))?
     };
@@ -351,15 +351,15 @@ async fn ensure_scalers(
 fn plan(
     set: &DisaggregatedSet,
     ctx: &Context,
+    effective: &[PluginBinding],
     children: &[Child],
     scalers: &BTreeMap<String, i32>,
 ) -> Plan {
     let rt = ctx.plugins.runtime();
-    let effective = bindings::effective(&ctx.default_plugins, &set.spec.plugins);
-    let (bound, mut failures) = bindings::resolve(&effective, |n| ctx.plugins.get(n));
+    let (bound, mut failures) = bindings::resolve(effective, |n| ctx.plugins.get(n));
     // A plugin still compiling is not missing: wait for it, whatever the policy.
     for f in &mut failures {
-        if f.reason == "PluginMissing" && ctx.plugins.is_loading(&f.plugin) {
+        if f.reason == "PluginMissing" && ctx.plugins.loading_for(&f.plugin).is_some() {
             let e = crate::plugin::PluginError::Loading {
                 plugin: f.plugin.clone(),
             };

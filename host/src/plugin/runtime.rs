@@ -452,7 +452,7 @@ impl Runtime {
             .and_then(Weak::upgrade)
     }
 
-    /// Compiled components still held by someone (for tests and metrics).
+    /// Compiled components still held by someone (what the cache keeps alive).
     pub fn compiled_count(&self) -> usize {
         self.compiled
             .lock()
