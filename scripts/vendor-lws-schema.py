@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerates host/schema/lws-fragments.json from the upstream LWS CRD.
+"""Regenerates crates/api/schema/lws-fragments.json from the upstream LWS CRD.
 
 The pod-template and volume-claim-template schemas are taken verbatim from the
 upstream LeaderWorkerSet CRD so that our CRD accepts exactly what upstream
@@ -25,6 +25,6 @@ out = {
     "persistentVolumeClaim": strip_top(lwt["volumeClaimTemplates"]["items"]),
 }
 assert strip_top(lwt["leaderTemplate"]) == out["podTemplate"], "leader and worker template schemas differ upstream"
-with open(os.path.join(here, "../host/schema/lws-fragments.json"), "w") as f:
+with open(os.path.join(here, "../crates/api/schema/lws-fragments.json"), "w") as f:
     json.dump(out, f, indent=1, sort_keys=True)
     f.write("\n")

@@ -33,19 +33,8 @@ pub struct DevOptions {
     /// How long each simulated LWS group takes to become ready.
     pub group_delay: Duration,
     /// Plugin bindings every set gets.
-    pub default_plugins: Vec<crate::plugin::bindings::DefaultBinding>,
+    pub default_plugins: Vec<crate::core::bindings::DefaultBinding>,
 }
-
-/// The default bindings of `deploy/deployment.yaml`, so that `disagg dev`
-/// behaves as a deployed operator does (a test keeps the two equal).
-pub const DEFAULT_PLUGINS: &str = r#"[{"name": "role-profile"}]"#;
-
-/// The default plugins' ConfigMaps, as `deploy/` installs them.
-const PLUGIN_CONFIGMAPS: [&str; 3] = [
-    include_str!("../../deploy/plugins/role-profile.yaml"),
-    include_str!("../../deploy/plugins/ratio-scaler.yaml"),
-    include_str!("../../deploy/plugins/rollout-gate.yaml"),
-];
 
 /// Runs until `shutdown` completes.
 pub async fn run(
@@ -148,8 +137,7 @@ async fn install(client: &kube::Client, lws_crd: Option<&PathBuf>) -> Result<(),
 /// The default plugins' ConfigMaps, as `kubectl apply -k deploy/` creates them.
 async fn install_default_plugins(client: &kube::Client) -> Result<(), String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "lws-system");
-    for yaml in PLUGIN_CONFIGMAPS {
-        let cm: ConfigMap = serde_yaml_ng::from_str(yaml).expect("deploy/plugins holds ConfigMaps");
+    for cm in crate::defaults::plugin_configmaps() {
         api.patch(
             &cm.name_any(),
             &PatchParams::apply("disagg-dev").force(),

@@ -4,16 +4,10 @@
 use clap::{Parser, Subcommand};
 use disagg::api::crd::crds_yaml;
 use disagg::api::set::DisaggregatedSet;
-use disagg::core::execute::{Target, target_for};
-use disagg::core::render::render_child;
-use disagg::core::revision::TemplatePlugin;
-use disagg::core::revision::revision;
-use disagg::core::simulate;
+use disagg::core::bindings;
 use disagg::input::{InputError, load_plan_cases, load_set};
-use disagg::plugin::bindings::{self, Failure};
-use disagg::plugin::{CONTRACT_VERSION, Limits, Runtime};
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use disagg::plugin::{Limits, Plugin, Runtime};
+use disagg::render;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -45,9 +39,14 @@ enum Command {
         /// An earlier version of the set: also print the rollout from it to FILE, as YAML comments.
         #[arg(long = "revision-from")]
         revision_from: Option<PathBuf>,
-        /// A plugin component for the set's bindings (`spec.plugins`), as NAME=FILE.wasm[.gz]. Repeatable.
+        /// A plugin component for the set's bindings, as NAME=FILE.wasm[.gz] (repeatable);
+        /// bound plugins not given run the component `deploy/` ships, if there is one.
         #[arg(long = "plugin", value_name = "NAME=FILE")]
         plugins: Vec<String>,
+        /// Plugin bindings every set gets, as for `disagg run`; the default is deploy/'s,
+        /// so that render gives the revision and children `disagg dev` creates.
+        #[arg(long, default_value = disagg::defaults::DEFAULT_PLUGINS)]
+        default_plugins: String,
     },
     /// Start an in-memory cluster with the LWS simulator and the operator, apply
     /// manifests, and show a live table of every set until Ctrl-C.
@@ -116,7 +115,7 @@ struct DevArgs {
     #[arg(long, default_value_t = 0)]
     group_delay_ms: u64,
     /// Plugin bindings every set gets (as for `disagg run`); the default is deploy/'s.
-    #[arg(long, default_value = disagg::dev::DEFAULT_PLUGINS)]
+    #[arg(long, default_value = disagg::defaults::DEFAULT_PLUGINS)]
     default_plugins: String,
 }
 
@@ -185,6 +184,7 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 /// `disagg dev`.
+#[cfg(feature = "dev")]
 fn dev(args: DevArgs) -> ExitCode {
     init_logs(false, "warn");
     let options = disagg::dev::DevOptions {
@@ -203,6 +203,15 @@ fn dev(args: DevArgs) -> ExitCode {
         },
     };
     block_on(disagg::dev::run(options, shutdown_signal()))
+}
+
+/// `disagg dev` in a build without the in-memory cluster (the operator's image).
+#[cfg(not(feature = "dev"))]
+fn dev(_args: DevArgs) -> ExitCode {
+    eprintln!(
+        "error: this disagg was built without the dev cluster (the `dev` feature); run `cargo run -p disagg -- dev` from a clone instead"
+    );
+    ExitCode::from(BAD_INPUT)
 }
 
 /// Runs a long-lived command on a multi-threaded runtime; its error is one line and exit code 1.
@@ -271,7 +280,13 @@ fn main() -> ExitCode {
             file,
             revision_from,
             plugins,
-        } => render(&file, revision_from.as_deref(), &plugins),
+            default_plugins,
+        } => render(
+            &file,
+            revision_from.as_deref(),
+            &plugins,
+            &default_plugins,
+        ),
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => plugin_check(&file),
@@ -324,134 +339,58 @@ fn plan(file: &Path) -> Result<String, CliError> {
     Ok(out)
 }
 
-fn target_of(set: &DisaggregatedSet, plugins: &[TemplatePlugin<'_>]) -> Target {
-    // Offline there are no scalers: External roles use their spec replicas as the seed.
-    target_for(set, &revision(&set.spec, plugins), |r| r.spec.replicas)
-}
-
-fn render(file: &Path, from: Option<&Path>, plugin_args: &[String]) -> Result<String, CliError> {
+fn render(
+    file: &Path,
+    from: Option<&Path>,
+    plugin_args: &[String],
+    default_plugins: &str,
+) -> Result<String, CliError> {
     let set = load_set(file)?;
-    let runtime = (!plugin_args.is_empty() || !set.spec.plugins.is_empty())
-        .then(|| Runtime::new(Limits::for_tools()))
-        .transpose()
-        .map_err(|e| input_error(file, e))?;
-    let mut loaded = BTreeMap::new();
+    let defaults = bindings::parse_defaults(default_plugins).map_err(|e| input_error(file, e))?;
+    let old = from.map(load_set).transpose()?;
+    if let (Some(old), Some(from)) = (&old, from)
+        && old.metadata.name != set.metadata.name
+    {
+        return Err(input_error(
+            from,
+            format!(
+                "metadata.name: {:?} differs from {:?} in {}; a rollout is between two versions of one set",
+                old.metadata.name.clone().unwrap_or_default(),
+                set.metadata.name.clone().unwrap_or_default(),
+                file.display()
+            ),
+        )
+        .into());
+    }
+    let mut given = Vec::new();
     for arg in plugin_args {
         let (name, path) = arg.split_once('=').ok_or_else(|| {
             input_error(file, format!("--plugin {arg:?}: expected NAME=FILE.wasm"))
         })?;
         let bytes = std::fs::read(path)
             .map_err(|e| input_error(Path::new(path), format!("cannot read: {e}")))?;
-        let rt = runtime
-            .as_ref()
-            .expect("a runtime exists when plugins are given");
-        let plugin = rt
-            .load(name, &bytes)
-            .map_err(|e| input_error(Path::new(path), e.to_string()))?;
-        loaded.insert(name.to_string(), plugin);
+        given.push((name.to_string(), bytes));
     }
-    let (bound, mut failures) = bindings::resolve(&set.spec.plugins, |n| loaded.get(n).cloned());
-    let mut warnings = String::new();
-    if let Some(rt) = &runtime {
-        let (violations, validate_failures) = bindings::validate(rt, &set, &bound);
-        failures.extend(validate_failures);
-        if !violations.is_empty() {
-            let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
-            return Err(input_error(
-                file,
-                format!("Valid=False (PluginViolation): {}", list.join("; ")),
-            )
-            .into());
+    let sets: Vec<&DisaggregatedSet> = std::iter::once(&set).chain(&old).collect();
+    let plugins = render::plugins(&sets, &defaults, given).map_err(|e| input_error(file, e))?;
+    let plan = render::offline(&set, &defaults, &plugins);
+    if !plan.violations.is_empty() {
+        let list: Vec<String> = plan.violations.iter().map(ToString::to_string).collect();
+        return Err(input_error(
+            file,
+            format!("Valid=False (PluginViolation): {}", list.join("; ")),
+        )
+        .into());
+    }
+    let mut out = render::children_yaml(&plan);
+    eprint!("{}", render::warnings(&plan));
+    if let Some(old) = &old {
+        let before = render::offline(old, &defaults, &plugins);
+        if let (Some(old), Some(new)) = (&before.target, &plan.target) {
+            out.push_str(&render::rollout_comment(old, new));
         }
     }
-    let template = bindings::template_plugins(&bound);
-    let mut target = target_of(&set, &template);
-    if let Some(rt) = &runtime {
-        let mut desired: BTreeMap<String, i32> = target
-            .roles
-            .iter()
-            .map(|r| (r.name.clone(), r.replicas))
-            .collect();
-        failures.extend(bindings::scale(
-            rt,
-            &set,
-            &bound,
-            &mut desired,
-            &BTreeMap::new(),
-        ));
-        for r in &mut target.roles {
-            r.replicas = desired[&r.name];
-        }
-    }
-    // A set-wide failure under Fail (missing plugin, pin mismatch, validate error) stops every role.
-    let stop_all = failures.iter().any(|f| f.blocks() && f.role.is_none());
-    let set_json = serde_json::to_string(&set).expect("a set serialises");
-    let mut out = String::new();
-    for slice in 0..set.spec.slices {
-        for (role, t) in set.spec.roles.iter().zip(&target.roles) {
-            if stop_all
-                || failures
-                    .iter()
-                    .any(|f| f.blocks() && f.role.as_deref() == Some(&role.name))
-            {
-                continue;
-            }
-            let child = render_child(&set, role, slice, &target.revision, t.replicas);
-            let child = match &runtime {
-                None => child,
-                Some(rt) => {
-                    let (result, skipped) = bindings::patch(
-                        rt,
-                        &set_json,
-                        &bound,
-                        &role.name,
-                        slice,
-                        &target.revision,
-                        child,
-                    );
-                    failures.extend(skipped);
-                    match result {
-                        Ok(c) => c,
-                        Err(f) => {
-                            failures.push(f);
-                            continue;
-                        }
-                    }
-                }
-            };
-            out.push_str("---\n");
-            out.push_str(&serde_yaml_ng::to_string(&child).expect("an LWS serialises"));
-        }
-    }
-    for f in &failures {
-        let effect = if f.blocks() {
-            match &f.role {
-                Some(r) => format!("role {r} left unchanged (failurePolicy Fail)"),
-                None => "set left unchanged (failurePolicy Fail)".into(),
-            }
-        } else {
-            "plugin skipped (failurePolicy Ignore)".into()
-        };
-        let _ = writeln!(warnings, "Warning {}: {}; {effect}", f.reason, f.message);
-    }
-    eprint!("{warnings}");
-    if let Some(from) = from {
-        let old = load_set(from)?;
-        if old.metadata.name != set.metadata.name {
-            return Err(input_error(
-                from,
-                format!(
-                    "metadata.name: {:?} differs from {:?} in {}; a rollout is between two versions of one set",
-                    old.metadata.name.unwrap_or_default(),
-                    set.metadata.name.unwrap_or_default(),
-                    file.display()
-                ),
-            )
-            .into());
-        }
-        out.push_str(&rollout_comment(&target_of(&old, &[]), &target));
-    }
-    if failures.iter().any(Failure::blocks) {
+    if plan.failures.iter().any(|f| f.blocks()) {
         return Err(CliError::Partial(out));
     }
     Ok(out)
@@ -517,16 +456,11 @@ fn plugin_check(file: &Path) -> Result<String, CliError> {
     let p = rt
         .load(name, &bytes)
         .map_err(|e| input_error(file, e.to_string()))?;
-    let hooks: Vec<&str> = p
-        .info
-        .hooks
-        .iter()
-        .map(|h| bindings::hook_name(*h))
-        .collect();
+    let hooks: Vec<&str> = p.info().hooks.iter().map(|h| h.name()).collect();
     let report = serde_json::json!({
         "name": p.info.name,
         "version": p.info.version,
-        "world": format!("disaggregatedset:plugin/plugin@{CONTRACT_VERSION}"),
+        "world": disagg::plugin::world(),
         "hooks": hooks,
         "digest": p.digest,
         "sizeBytes": bytes.len(),
@@ -536,26 +470,4 @@ fn plugin_check(file: &Path) -> Result<String, CliError> {
         "{}\n",
         serde_json::to_string_pretty(&report).expect("JSON")
     ))
-}
-
-/// The rollout from `old` to `new`, per slice, as YAML comments so the stream stays applyable.
-fn rollout_comment(old: &Target, new: &Target) -> String {
-    let mut children = simulate::steady_children(old, 0);
-    let snapshots = simulate::rollout(new, &mut children, 100_000);
-    let mut out = format!(
-        "# rollout {} -> {} (per slice; old/new replicas per role)\n",
-        old.revision, new.revision
-    );
-    if old.revision == new.revision {
-        out.push_str("# same revision: replicas change directly, no rollout\n");
-    }
-    for (i, snap) in snapshots.iter().enumerate() {
-        let roles: Vec<String> = snap
-            .roles
-            .iter()
-            .map(|r| format!("{} {}/{}", r.name, r.old, r.new))
-            .collect();
-        let _ = writeln!(out, "# step {i}: {}", roles.join(", "));
-    }
-    out
 }

@@ -65,7 +65,7 @@ fn vendored_pod_template_schema_matches_upstream_lws() {
     let lwt = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
         ["leaderWorkerTemplate"]["properties"];
     let vendored: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo("host/schema/lws-fragments.json")).unwrap(),
+        &std::fs::read_to_string(repo("crates/api/schema/lws-fragments.json")).unwrap(),
     )
     .unwrap();
     let strip = |v: &Value| {

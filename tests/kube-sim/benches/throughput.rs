@@ -76,10 +76,10 @@ async fn main() {
     )
     .unwrap();
     crds.create(&PostParams::default(), &crd).await.unwrap();
-    let set: disagg::api::set::DisaggregatedSet =
+    let set: disagg_api::set::DisaggregatedSet =
         serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
             .unwrap();
-    let template = serde_json::to_value(disagg::core::render::render_child(
+    let template = serde_json::to_value(disagg_core::render::render_child(
         &set,
         &set.spec.roles[0],
         0,

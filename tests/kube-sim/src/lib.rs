@@ -16,7 +16,6 @@ pub mod openapi;
 pub mod selector;
 pub mod server;
 pub mod store;
-pub mod structural;
 pub mod table;
 
 /// A kubeconfig for a plain-HTTP server on `addr` without authentication.

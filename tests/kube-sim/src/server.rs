@@ -522,7 +522,7 @@ fn admit(
     let Some(schema) = custom.as_ref().and_then(|c| c.schema.as_ref()) else {
         return Ok(());
     };
-    let problems: Vec<String> = crate::structural::check(schema, object)
+    let problems: Vec<String> = disagg_schema::check(schema, object)
         .into_iter()
         .filter(|p| strict || p.message != "unknown field")
         .map(|p| p.to_string())
@@ -535,8 +535,8 @@ fn admit(
             message: format!("{kind} \"{name}\" is invalid: {}", problems.join(", ")),
         });
     }
-    crate::structural::prune(schema, object);
-    crate::structural::apply_defaults(schema, object);
+    disagg_schema::prune(schema, object);
+    disagg_schema::apply_defaults(schema, object);
     Ok(())
 }
 
@@ -550,7 +550,7 @@ fn reject_unknown_fields(
     let Some(schema) = custom.as_ref().and_then(|c| c.schema.as_ref()) else {
         return Ok(());
     };
-    let unknown: Vec<String> = crate::structural::check(schema, object)
+    let unknown: Vec<String> = disagg_schema::check(schema, object)
         .into_iter()
         .filter(|p| p.message == "unknown field")
         .map(|p| p.to_string())

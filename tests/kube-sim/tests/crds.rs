@@ -1,8 +1,8 @@
 //! CustomResourceDefinitions applied through the API register new resources,
 //! whose objects are validated, pruned and defaulted by their schema.
 
-use disagg::api::lws::LeaderWorkerSet;
-use disagg::api::set::DisaggregatedSet;
+use disagg_api::lws::LeaderWorkerSet;
+use disagg_api::set::DisaggregatedSet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube_sim::server::{Sim, router};
@@ -122,14 +122,14 @@ async fn crds_register_resources_with_defaults_pruning_and_validation() {
     // The upstream LWS CRD serves LeaderWorkerSets with their status subresource.
     let lws_api: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
     let rendered =
-        disagg::core::render::render_child(&created, &created.spec.roles[0], 0, "abcd1234", 2);
+        disagg_core::render::render_child(&created, &created.spec.roles[0], 0, "abcd1234", 2);
     let lws = lws_api
         .create(&PostParams::default(), &rendered)
         .await
         .unwrap();
     assert_eq!(lws.spec.replicas, 2);
     let mut with_status = lws.clone();
-    with_status.status = Some(disagg::api::lws::LeaderWorkerSetStatus {
+    with_status.status = Some(disagg_api::lws::LeaderWorkerSetStatus {
         replicas: 2,
         ready_replicas: 2,
         ..Default::default()
@@ -219,8 +219,8 @@ async fn wait_for(
     api: &Api<LeaderWorkerSet>,
     name: &str,
     what: &str,
-    check: impl Fn(&disagg::api::lws::LeaderWorkerSetStatus) -> bool,
-) -> disagg::api::lws::LeaderWorkerSetStatus {
+    check: impl Fn(&disagg_api::lws::LeaderWorkerSetStatus) -> bool,
+) -> disagg_api::lws::LeaderWorkerSetStatus {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let status = api.get(name).await.unwrap().status.unwrap_or_default();
@@ -262,7 +262,7 @@ async fn the_lws_simulator_makes_status_follow_spec() {
     let delay = std::time::Duration::from_millis(300);
     let (sim, client, set) = lws_sim_cluster(delay).await;
     let api: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
-    let mut lws = disagg::core::render::render_child(&set, &set.spec.roles[0], 0, "abcd1234", 2);
+    let mut lws = disagg_core::render::render_child(&set, &set.spec.roles[0], 0, "abcd1234", 2);
     // Standalone: an owner reference to a set that does not exist would be garbage-collected.
     lws.metadata.owner_references = None;
     let name = lws.metadata.name.clone().unwrap();
@@ -284,7 +284,7 @@ async fn the_lws_simulator_makes_status_follow_spec() {
             .as_str()
         )
     );
-    let available = |s: &disagg::api::lws::LeaderWorkerSetStatus| {
+    let available = |s: &disagg_api::lws::LeaderWorkerSetStatus| {
         s.conditions
             .iter()
             .any(|c| c.type_ == "Available" && c.status == "True")
@@ -334,7 +334,7 @@ async fn groups_become_ready_while_other_lws_keep_changing() {
     let api: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
     let standalone = |role: usize, revision: &str| {
         let mut lws =
-            disagg::core::render::render_child(&set, &set.spec.roles[role], 0, revision, 1);
+            disagg_core::render::render_child(&set, &set.spec.roles[role], 0, revision, 1);
         lws.metadata.owner_references = None;
         lws
     };

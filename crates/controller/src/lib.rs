@@ -1,0 +1,353 @@
+//! `disagg run`: the operator. A kube-rs `Controller` on DisaggregatedSets
+//! that owns their LeaderWorkerSets and RoleScalers: it observes, asks the
+//! pure core to decide ([`disagg_core::decide`]) with plugins from the plugin
+//! host ([`disagg_plugin`]), and executes the plan.
+//!
+//! ```text
+//! disagg-api ← disagg-core ← disagg-plugin ← disagg-controller ← disagg (CLI)
+//! ```
+//!
+//! * [`reconcile`]: observe → decide → execute (plain creates for new
+//!   objects, merge patches for replicas) → report (status, Events).
+//! * [`plugins`]: plugins from ConfigMaps or `--plugin-dir`, swapped in when they change.
+//! * [`metrics`]: Prometheus metrics; `/healthz`, `/readyz` and `/metrics` are served together.
+//! * [`leader`]: leader election on a Lease, so that two replicas can run.
+//!
+//! Default plugin bindings (`--default-plugins`) are merged into every set's
+//! own by [`disagg_core::bindings::effective`].
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod health;
+pub mod leader;
+pub mod metrics;
+pub mod plugins;
+pub mod reconcile;
+
+use disagg_api::keys;
+use disagg_api::lws::LeaderWorkerSet;
+use disagg_api::scaler::DisaggregatedSetRoleScaler;
+use disagg_api::set::DisaggregatedSet;
+use disagg_core::bindings::DefaultBinding;
+use disagg_core::text::truncate;
+use disagg_plugin::{Limits, Runtime};
+use futures::StreamExt;
+use kube::api::{Api, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "disaggregatedset-operator";
+
+/// Why a reconcile failed; it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A write refused for a reason of its own (a name held by another object).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn kind(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(e)) => format!("api_{}", e.code),
+            Error::Kube(_) => "api_transport".into(),
+            Error::Refused(_) => "refused".into(),
+            Error::Internal(_) => "internal".into(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub plugins: Arc<plugins::Registry>,
+    pub recorder: Recorder,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Bindings every set gets unless it binds the same plugin itself.
+    pub default_plugins: Vec<DefaultBinding>,
+    /// Child writes the API server refused, waiting to be retried.
+    pub backoff: backoff::Backoff,
+    pub health: Arc<health::Health>,
+}
+
+impl Context {
+    /// Merge patches carry the operator's field manager.
+    pub fn patch_params(&self) -> PatchParams {
+        PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Server-side apply as the operator, taking over fields others changed.
+    pub fn apply_params(&self) -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    pub fn client_sets(&self, set: &DisaggregatedSet) -> Api<DisaggregatedSet> {
+        Api::namespaced(self.client.clone(), &set.namespace().unwrap_or_default())
+    }
+
+    /// Records an Event on the set; a failure to record is logged, never fatal.
+    pub async fn event(
+        &self,
+        set: &DisaggregatedSet,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        tracing::info!(set = %set.name_any(), namespace = ?set.namespace(), reason, "{note}");
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(&note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &set.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot record an Event");
+        }
+    }
+}
+
+/// How the operator runs.
+pub struct Options {
+    /// The operator's namespace: plugin ConfigMaps are read from here only.
+    pub namespace: String,
+    /// Load plugins from this directory instead of ConfigMaps.
+    pub plugin_dir: Option<PathBuf>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub probe_addr: SocketAddr,
+    /// Leader election: this replica's identity and the Lease duration (None: lead alone).
+    pub leader_election: Option<(String, Duration)>,
+    /// Plugin call and load limits.
+    pub limits: Limits,
+    /// Plugin bindings for every set (a set's own binding of the same name wins).
+    pub default_plugins: Vec<DefaultBinding>,
+}
+
+/// Runs the operator until `shutdown` completes; in-flight reconciles finish first.
+pub async fn run(
+    client: Client,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), String> {
+    let runtime = Runtime::new(options.limits)?;
+    let (registry, wake) = plugins::Registry::new(runtime);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let metrics = Arc::new(metrics::Metrics::default());
+    {
+        let metrics = metrics.clone();
+        registry
+            .runtime()
+            .observe(Box::new(move |plugin, hook, took, error| {
+                metrics.plugin_call(plugin, hook.name(), took, error.is_some());
+            }));
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(health::Health::default());
+    let listener = tokio::net::TcpListener::bind(options.probe_addr)
+        .await
+        .map_err(|e| format!("--probe-addr {}: {e}", options.probe_addr))?;
+    let alive = {
+        let (health, registry) = (health.clone(), registry.clone());
+        move || health.wedged(registry.oldest_load())
+    };
+    tokio::spawn(serve_probes(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        alive,
+    ));
+
+    // Plugins are listed first, so every one is known (loaded or loading)
+    // before any set is reconciled; each compiles on a thread of its own
+    // within its deadline. Nothing waits for the compiles: a set bound to a
+    // plugin still loading waits for it alone (see reconcile), so one slow or
+    // hostile component delays neither start-up, leadership, nor other sets.
+    match &options.plugin_dir {
+        Some(dir) => {
+            let mut follower = plugins::DirectoryFollower::new(registry.clone(), dir.clone());
+            follower.scan().await;
+            tokio::spawn(follower.follow(Duration::from_secs(2)));
+        }
+        None => {
+            plugins::follow_configmaps(
+                registry.clone(),
+                client.clone(),
+                &options.namespace,
+                recorder.clone(),
+                health.clone(),
+            )
+            .await
+        }
+    }
+    tracing::info!(plugins = ?registry.names(), "plugins listed");
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        plugins: registry,
+        recorder,
+        metrics,
+        default_plugins: options.default_plugins,
+        backoff: backoff::Backoff::default(),
+        health: health.clone(),
+    });
+    let wake = futures::stream::unfold(
+        wake,
+        |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
+    );
+    // A standby is ready (it can take over); only the leader reconciles.
+    ready.store(true, Ordering::SeqCst);
+    let elector = options.leader_election.map(|(identity, duration)| {
+        leader::Elector::new(client.clone(), &options.namespace, identity, duration)
+    });
+    let mut shutdown = Box::pin(shutdown);
+    if let Some(e) = &elector {
+        tokio::select! {
+            _ = e.acquire() => tracing::info!(identity = %e.identity(), "leading"),
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+    // Stop on shutdown, or when the Lease is lost.
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = lost_rx => {}
+        }
+    };
+    let controller = Controller::new(
+        Api::<DisaggregatedSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<LeaderWorkerSet>::all(client.clone()),
+        watcher::Config::default().labels(keys::NAME),
+    )
+    .owns(
+        Api::<DisaggregatedSetRoleScaler>::all(client.clone()),
+        watcher::Config::default().labels(keys::NAME),
+    )
+    .reconcile_all_on(wake)
+    .graceful_shutdown_on(stop)
+    .run(reconcile::reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "reconcile");
+        }
+    });
+    let Some(elector) = elector else {
+        controller.await;
+        tracing::info!("stopped");
+        return Ok(());
+    };
+    let mut controller = Box::pin(controller);
+    tokio::select! {
+        _ = &mut controller => {
+            elector.release().await;
+            tracing::info!("stopped; Lease released");
+            Ok(())
+        }
+        _ = elector.keep() => {
+            // Not a graceful stop: in-flight reconciles are dropped where
+            // they stand, so no write of theirs is sent after the loss.
+            drop(lost_tx);
+            drop(controller);
+            Err("lost the leader Lease; exiting so that a fresh start rejoins the election".into())
+        }
+    }
+}
+
+/// Conflicts are someone else's write landing first: retry at once. Anything
+/// else backs off.
+fn error_policy(set: Arc<DisaggregatedSet>, error: &Error, _ctx: Arc<Context>) -> Action {
+    match error {
+        Error::Kube(kube::Error::Api(e)) if e.code == 409 => {
+            Action::requeue(Duration::from_millis(50))
+        }
+        _ => {
+            tracing::warn!(set = %set.name_any(), namespace = ?set.namespace(), error = %error, "reconcile failed; retrying");
+            Action::requeue(Duration::from_secs(2))
+        }
+    }
+}
+
+async fn serve_probes(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<metrics::Metrics>,
+    ready: Arc<AtomicBool>,
+    wedged: impl Fn() -> Option<String> + Clone + Send + Sync + 'static,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let wedged = wedged();
+                async move {
+                    match wedged {
+                        None => (StatusCode::OK, "ok".to_string()),
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("wedged: {why}\n")),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::SeqCst);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "loading plugins")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.encode();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        );
+    // No probe request may hold the server: each has 5 s.
+    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        Duration::from_secs(5),
+    ));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the probe server stopped");
+    }
+}

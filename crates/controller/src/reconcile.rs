@@ -1,0 +1,319 @@
+//! One reconcile of one DisaggregatedSet: observe (its children and
+//! scalers), decide ([`disagg_core::decide`], with plugins, off the async
+//! threads), execute the plan's writes, and report (status, Events). Every
+//! write is idempotent and derived from what is observed, so a reconcile
+//! interrupted anywhere is finished by the next one.
+
+use super::{Context, Error, FIELD_MANAGER};
+use disagg_api::keys;
+use disagg_api::lws::LeaderWorkerSet;
+use disagg_api::scaler::DisaggregatedSetRoleScaler;
+use disagg_api::set::{DisaggregatedSet, DisaggregatedSetStatus};
+use disagg_core::decide::{self, Observed, Planned, Scope, Write, WriteFailure};
+use disagg_core::render::is_controlled_by;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PostParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn reconcile(set: Arc<DisaggregatedSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = std::time::Instant::now();
+    let _running = ctx.health.reconciling(format!(
+        "{}/{}",
+        set.namespace().unwrap_or_default(),
+        set.name_any()
+    ));
+    let result = reconcile_inner(&set, &ctx).await;
+    ctx.metrics
+        .reconciled(started.elapsed(), result.as_ref().err());
+    result
+}
+
+async fn reconcile_inner(
+    set: &Arc<DisaggregatedSet>,
+    ctx: &Arc<Context>,
+) -> Result<Requeue, Error> {
+    if set.metadata.deletion_timestamp.is_some() {
+        // Garbage collection takes the children with the set.
+        return Ok(Requeue::await_change());
+    }
+    let ns = set.namespace().unwrap_or_default();
+    let lws_api: Api<LeaderWorkerSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let scaler_api: Api<DisaggregatedSetRoleScaler> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // Observe.
+    let selector = format!("{}={}", keys::NAME, set.name_any());
+    let children = lws_api.list(&ListParams::default().labels(&selector)).await?;
+    let scalers = scaler_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+
+    // Decide (plugins run here: blocking work off the async threads).
+    let mut plan = {
+        let (set, ctx) = (set.clone(), ctx.clone());
+        tokio::task::spawn_blocking(move || {
+            decide::decide(&Observed {
+                set: &set,
+                children: &children.items,
+                scalers: &scalers.items,
+                defaults: &ctx.default_plugins,
+                plugins: ctx.plugins.as_ref(),
+                now: k8s_openapi::jiff::Timestamp::now(),
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("the decide task failed: {e}")))?
+    };
+    for (plugin, reason) in &plan.new_failures {
+        ctx.metrics.plugin_failure(plugin, reason);
+    }
+
+    // Execute.
+    let failed = match execute(set, ctx, &lws_api, &scaler_api, &plan.writes).await? {
+        Executed::Done(failed) => failed,
+        Executed::Raced => return Ok(Requeue::requeue(Duration::from_millis(100))),
+    };
+    plan.after_writes(&failed);
+
+    // Report.
+    for event in &plan.events {
+        let type_ = if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(set, type_, event.reason, event.action, event.note.clone())
+            .await;
+    }
+    if let Some(status) = plan.status_update() {
+        write_status(set, ctx, status).await?;
+    }
+    Ok(plan
+        .recheck
+        .map_or_else(Requeue::await_change, Requeue::requeue))
+}
+
+/// How the writes went.
+enum Executed {
+    /// Every write was made or refused (the refused ones listed).
+    Done(Vec<WriteFailure>),
+    /// A scaler this reconcile meant to create appeared meanwhile: decide
+    /// again with it rather than go on with a plan made without it.
+    Raced,
+}
+
+/// Makes the plan's writes in order. A child write the API server refuses
+/// (403, 422, a webhook's or a quota's denial, …) stops the rest of its
+/// scope's writes; the child backs off on its own, and the set reports it.
+/// A conflict or transport error fails the reconcile (it is retried).
+async fn execute(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    lws_api: &Api<LeaderWorkerSet>,
+    scaler_api: &Api<DisaggregatedSetRoleScaler>,
+    writes: &[Planned],
+) -> Result<Executed, Error> {
+    let ns = set.namespace().unwrap_or_default();
+    let mut failed: Vec<WriteFailure> = Vec::new();
+    let mut stopped: Vec<&Scope> = Vec::new();
+    for Planned { write, scope } in writes {
+        if scope.as_ref().is_some_and(|s| stopped.contains(&s)) {
+            continue;
+        }
+        if !write.is_child() {
+            match write_scaler(set, ctx, scaler_api, write).await {
+                Ok(()) => continue,
+                Err(Error::Kube(kube::Error::Api(e)))
+                    if e.code == 409 && matches!(write, Write::CreateScaler(_)) =>
+                {
+                    return Ok(Executed::Raced);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let key = format!("{ns}/{}", write.object());
+        if let Some(wait) = ctx.backoff.waiting(&key) {
+            failed.push(WriteFailure {
+                child: write.object().to_string(),
+                message: ctx.backoff.last(&key),
+                retry_in: wait,
+                new: false,
+            });
+            stopped.extend(scope);
+            continue;
+        }
+        match write_child(set, ctx, lws_api, write).await {
+            Ok(()) => ctx.backoff.succeeded(&key),
+            Err(e) => {
+                let Some(why) = refusal(&e) else {
+                    return Err(e);
+                };
+                let message = write.refused(&why);
+                let wait = ctx.backoff.failed(&key, &message);
+                tracing::warn!(set = %set.name_any(), child = %write.object(), "{message}");
+                failed.push(WriteFailure {
+                    child: write.object().to_string(),
+                    message,
+                    retry_in: wait,
+                    new: true,
+                });
+                stopped.extend(scope);
+            }
+        }
+    }
+    Ok(Executed::Done(failed))
+}
+
+/// What the API server said when it refused a write for good (not a
+/// conflict, which is retried at once, nor a transport error).
+fn refusal(e: &Error) -> Option<String> {
+    match e {
+        Error::Kube(kube::Error::Api(s)) if s.code != 409 => {
+            Some(format!("{} ({} {})", s.message, s.code, s.reason))
+        }
+        Error::Refused(message) => Some(message.clone()),
+        _ => None,
+    }
+}
+
+/// One write to a child, and its Event.
+async fn write_child(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    api: &Api<LeaderWorkerSet>,
+    write: &Write,
+) -> Result<(), Error> {
+    let pp = ctx.patch_params();
+    let name = write.object();
+    let made = match write {
+        Write::CreateChild(lws) => {
+            match api.create(&create_params(), lws).await {
+                Ok(_) => true,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let existing = api.get(name).await?;
+                    if !is_controlled_by(&existing.metadata, &set.uid().unwrap_or_default()) {
+                        return Err(Error::Refused(format!(
+                            "another object, not controlled by this set, already holds the name {name}; the operator never adopts it: delete or rename it (AlreadyExists)"
+                        )));
+                    }
+                    // Ours, created by an earlier reconcile our view had not seen yet.
+                    false
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Write::ScaleChild { replicas, .. } => {
+            let patch = json!({"spec": {"replicas": replicas}});
+            existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?
+        }
+        Write::AnnotateChild {
+            initial_replicas, ..
+        } => {
+            let value = initial_replicas.map(|v| v.to_string());
+            let patch = json!({"metadata": {"annotations": {keys::INITIAL_REPLICAS: value}}});
+            existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?
+        }
+        Write::DeleteChild { .. } => {
+            existed(api.delete(name, &DeleteParams::background()).await)?
+        }
+        _ => unreachable!("only child writes come here"),
+    };
+    if made {
+        record(set, ctx, write).await;
+    }
+    Ok(())
+}
+
+/// One write to a scaler, and its Event.
+async fn write_scaler(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    api: &Api<DisaggregatedSetRoleScaler>,
+    write: &Write,
+) -> Result<(), Error> {
+    let name = write.object();
+    let made = match write {
+        Write::CreateScaler(scaler) => {
+            api.create(&create_params(), scaler).await?;
+            true
+        }
+        Write::ScalerStatus {
+            replicas,
+            selector,
+            observed_generation,
+            ..
+        } => {
+            let body = json!({"status": {"replicas": replicas, "selector": selector,
+                                         "observedGeneration": observed_generation}});
+            existed(
+                api.patch_status(name, &ctx.patch_params(), &Patch::Merge(body))
+                    .await,
+            )?
+        }
+        Write::DeleteScaler { .. } => {
+            existed(api.delete(name, &DeleteParams::background()).await)?
+        }
+        _ => unreachable!("only scaler writes come here"),
+    };
+    if made {
+        record(set, ctx, write).await;
+    }
+    Ok(())
+}
+
+/// A plain create as the operator: an object that already holds the name is
+/// never taken over (server-side apply would adopt it).
+fn create_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// A write's Event and step metric, once it was made.
+async fn record(set: &DisaggregatedSet, ctx: &Context, write: &Write) {
+    match write {
+        Write::CreateChild(_) => ctx.metrics.step("create"),
+        Write::ScaleChild { .. } => ctx.metrics.step("scale"),
+        Write::DeleteChild { .. } => ctx.metrics.step("delete"),
+        _ => {}
+    }
+    if let Some(e) = write.event() {
+        ctx.event(set, EventType::Normal, e.reason, e.action, e.note)
+            .await;
+    }
+}
+
+/// Server-side applies the set's status; a set deleted meanwhile has nothing
+/// left to report on.
+async fn write_status(
+    set: &DisaggregatedSet,
+    ctx: &Context,
+    status: &DisaggregatedSetStatus,
+) -> Result<(), Error> {
+    let body = json!({
+        "apiVersion": DisaggregatedSet::api_version(&()),
+        "kind": DisaggregatedSet::kind(&()),
+        "metadata": {"name": set.name_any(), "namespace": set.namespace()},
+        "status": status,
+    });
+    existed(
+        ctx.client_sets(set)
+            .patch_status(&set.name_any(), &ctx.apply_params(), &Patch::Apply(body))
+            .await,
+    )?;
+    Ok(())
+}
+
+/// A write to an object that may have gone meanwhile: `Ok(false)` on 404
+/// (nothing left to do), the error otherwise.
+fn existed<T>(result: Result<T, kube::Error>) -> Result<bool, Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

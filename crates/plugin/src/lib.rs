@@ -1,0 +1,33 @@
+//! The plugin host: sandboxed WebAssembly components that implement
+//! `wit/plugin.wit`, behind the core's plugin interface
+//! ([`disagg_core::plugins::Plugin`]). No kube dependency lives here.
+//!
+//! ```text
+//! disagg-api ← disagg-core ← disagg-plugin ← disagg-controller ← disagg (CLI)
+//! ```
+//!
+//! * `runtime`: one wasmtime `Engine` with epoch interruption and the
+//!   pooling allocator; loading (decompress, compile with a deadline, check
+//!   the contract version, `describe`). A component is compiled once per
+//!   digest while anyone holds it ([`Runtime::compiled_count`]).
+//! * `sandbox`: every call gets a fresh `Store` and instance, so a plugin
+//!   that trapped or ran wild cannot affect the next call; each has a
+//!   deadline, a memory cap and an output cap ([`Limits`]); breaking one is
+//!   a typed [`PluginError`]. Plugins see no filesystem, network,
+//!   environment or arguments (`docs/sandbox.md`).
+//! * `contract`: the WIT bindings and their one mapping to and from the
+//!   core's types; nothing else here or above sees a WIT type.
+//!
+//! Calls block their thread for up to the deadline: async callers run them
+//! off their executor (the controller decides on tokio's blocking pool).
+#![forbid(unsafe_code)]
+
+mod contract;
+mod limits;
+mod runtime;
+mod sandbox;
+
+pub use contract::{contract_version, world};
+pub use disagg_core::plugins::*;
+pub use limits::Limits;
+pub use runtime::{LoadedPlugin, Observer, Runtime};

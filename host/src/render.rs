@@ -1,0 +1,112 @@
+//! `disagg render`: what the operator would create for a set that has no
+//! children yet — the same decide step ([`crate::core::decide`]) with the
+//! same default bindings and plugins as `disagg dev` and a deployed operator,
+//! so the same file gives the same revision and children everywhere.
+
+use crate::core::bindings::{self, DefaultBinding};
+use crate::core::decide::{Observed, Plan, decide};
+use crate::core::execute::Target;
+use crate::core::plugins::Plugin;
+use crate::core::simulate;
+use crate::plugin::{Limits, Runtime};
+use crate::api::set::DisaggregatedSet;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// The plugins a render runs: each `(name, bytes)` given, and for every
+/// other plugin the sets bind, the shipped component of that name (a bound
+/// plugin with neither is missing, as it would be in a cluster).
+pub fn plugins(
+    sets: &[&DisaggregatedSet],
+    defaults: &[DefaultBinding],
+    given: Vec<(String, Vec<u8>)>,
+) -> Result<BTreeMap<String, Arc<dyn Plugin>>, String> {
+    let mut wanted: Vec<(String, Vec<u8>)> = given;
+    for set in sets {
+        for b in bindings::effective(defaults, &set.spec.plugins) {
+            if wanted.iter().all(|(n, _)| *n != b.name)
+                && let Some(bytes) = crate::defaults::shipped_component(&b.name)
+            {
+                wanted.push((b.name, bytes));
+            }
+        }
+    }
+    let mut loaded: BTreeMap<String, Arc<dyn Plugin>> = BTreeMap::new();
+    if wanted.is_empty() {
+        return Ok(loaded);
+    }
+    let runtime = Runtime::new(Limits::for_tools())?;
+    for (name, bytes) in wanted {
+        let plugin = runtime.load(&name, &bytes).map_err(|e| e.to_string())?;
+        loaded.insert(name, plugin);
+    }
+    Ok(loaded)
+}
+
+/// The plan for `set` with no children and no scalers yet.
+pub fn offline(
+    set: &DisaggregatedSet,
+    defaults: &[DefaultBinding],
+    plugins: &BTreeMap<String, Arc<dyn Plugin>>,
+) -> Plan {
+    decide(&Observed {
+        set,
+        children: &[],
+        scalers: &[],
+        defaults,
+        plugins,
+        now: k8s_openapi::jiff::Timestamp::now(),
+    })
+}
+
+/// The children the plan creates, as a multi-document YAML stream.
+pub fn children_yaml(plan: &Plan) -> String {
+    let mut out = String::new();
+    for child in plan.created_children() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(child).expect("an LWS serialises"));
+    }
+    out
+}
+
+/// One line per plugin failure, saying what it held back.
+pub fn warnings(plan: &Plan) -> String {
+    let mut out = String::new();
+    for f in &plan.failures {
+        let effect = if f.blocks() {
+            match &f.role {
+                Some(r) => format!("role {r} left unchanged (failurePolicy Fail)"),
+                None => "set left unchanged (failurePolicy Fail)".into(),
+            }
+        } else {
+            "plugin skipped (failurePolicy Ignore)".into()
+        };
+        let _ = writeln!(out, "Warning {}: {}; {effect}", f.reason, f.message);
+    }
+    out
+}
+
+/// The rollout from `old` to `new`, per slice, as YAML comments so the
+/// stream stays applyable. Steps are numbered as status counts them: the
+/// starting state is step 0.
+pub fn rollout_comment(old: &Target, new: &Target) -> String {
+    let mut children = simulate::steady_children(old, 0);
+    let snapshots = simulate::rollout(new, &mut children, 100_000);
+    let mut out = format!(
+        "# rollout {} -> {} (per slice; old/new replicas per role)\n",
+        old.revision, new.revision
+    );
+    if old.revision == new.revision {
+        out.push_str("# same revision: replicas change directly, no rollout\n");
+    }
+    for (i, snap) in snapshots.iter().enumerate() {
+        let roles: Vec<String> = snap
+            .roles
+            .iter()
+            .map(|r| format!("{} {}/{}", r.name, r.old, r.new))
+            .collect();
+        let _ = writeln!(out, "# step {i}: {}", roles.join(", "));
+    }
+    out
+}
