@@ -1,39 +1,24 @@
 //! The `disagg` binary, run as a user would.
 
+mod common;
+
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use common::disagg;
+use std::process::Output;
 
-fn disagg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_disagg"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
+/// A repository path as a command-line argument.
 fn repo(path: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-        .display()
-        .to_string()
+    test_support::repo(path).display().to_string()
 }
 
 fn vectors() -> PathBuf {
-    match std::env::var_os("DISAGG_SHARED") {
-        Some(dir) => PathBuf::from(dir).join("spec/rollout-vectors.json"),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/rollout-vectors.json")
-        }
-    }
+    test_support::shared("spec/rollout-vectors.json")
 }
 
 fn temp(name: &str, text: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("disagg-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+    test_support::temp_file(name, text).display().to_string()
 }
 
 fn stdout(o: &Output) -> String {

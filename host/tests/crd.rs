@@ -3,20 +3,9 @@
 use disagg::api::crd::{crds, crds_yaml, schema_of};
 use disagg::api::structural::{apply_defaults, check};
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use test_support::{repo, shared};
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
 
-fn shared(path: &str) -> PathBuf {
-    match std::env::var_os("DISAGG_SHARED") {
-        Some(dir) => PathBuf::from(dir).join(path),
-        None => repo("../shared").join(path),
-    }
-}
 
 fn upstream_schema(file: &str) -> Value {
     let text = std::fs::read_to_string(shared(&format!("upstream/{file}"))).unwrap();

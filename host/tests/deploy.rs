@@ -169,10 +169,10 @@ fn the_manifests_match_the_kubernetes_schemas_and_our_policies() {
         .expect("the Deployment sets DISAGG_DEFAULT_PLUGINS")["value"]
         .as_str()
         .unwrap();
-    let parsed = disagg::plugin::bindings::parse_defaults(defaults).unwrap();
+    let parsed = disagg::core::bindings::parse_defaults(defaults).unwrap();
     assert_eq!(
         parsed,
-        disagg::plugin::bindings::parse_defaults(disagg::dev::DEFAULT_PLUGINS).unwrap()
+        disagg::core::bindings::parse_defaults(disagg::defaults::DEFAULT_PLUGINS).unwrap()
     );
     for b in &parsed {
         assert!(

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{component, read, repo};
-use disagg::plugin::{GateDecision, GateInput, Hook, Limits, RoleStep, Runtime};
+use disagg::plugin::{Plugin, GateDecision, GateRequest, Hook, Limits, RoleStep, Runtime};
 use serde_json::json;
 
 fn input(
@@ -18,8 +18,8 @@ fn input(
     new_next: i32,
     annotations: &[(&str, &str)],
     config: serde_json::Value,
-) -> GateInput {
-    GateInput {
+) -> GateRequest {
+    GateRequest {
         set_name: "llm".into(),
         namespace: "default".into(),
         labels: vec![],
@@ -58,7 +58,7 @@ fn input(
 }
 
 /// (scenario, expected: None = proceed, Some(substring of the hold reason))
-fn scenarios() -> Vec<(GateInput, Option<&'static str>)> {
+fn scenarios() -> Vec<(GateRequest, Option<&'static str>)> {
     vec![
         (input(1, true, 1, 2, &[], json!({})), None),
         (
@@ -100,13 +100,12 @@ fn check(name: &str, bytes: &[u8]) {
     let p = rt.load(name, bytes).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.info.hooks, vec![Hook::GateStep], "{name}");
     for (i, (scenario, want)) in scenarios().into_iter().enumerate() {
-        let got = rt
-            .gate_step(&p, &scenario)
+        let got = p.gate_step(&scenario)
             .unwrap_or_else(|e| panic!("{name} scenario {i}: {e}"));
         match (got, want) {
             (GateDecision::Proceed, None) => {}
-            (GateDecision::Hold(h), Some(w)) => {
-                assert!(h.reason.contains(w), "{name} scenario {i}: {}", h.reason)
+            (GateDecision::Hold { reason, .. }, Some(w)) => {
+                assert!(reason.contains(w), "{name} scenario {i}: {}", reason)
             }
             (got, want) => panic!("{name} scenario {i}: got {got:?}, want {want:?}"),
         }

@@ -3,13 +3,14 @@
 
 mod common;
 
-use common::{component, handmade_component, read, repo};
+use common::{component, disagg, handmade_component, read, repo};
+use test_support::temp_file;
 use disagg::core::patch::{LwsPatch, apply};
 use disagg::core::render::render_child;
 use disagg::core::revision::revision;
-use disagg::plugin::{
-    GateDecision, GateInput, Hook, Limits, PatchInput, PluginError, RoleReplicas, RoleStep,
-    Runtime, ScaleInput,
+use disagg::plugin::{Plugin, 
+    GateDecision, GateRequest, Hook, Limits, PatchRequest, PluginError, RoleReplicas, RoleStep,
+    Runtime, ScaleRequest,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ fn runtime() -> Arc<Runtime> {
     Runtime::new(Limits::default()).unwrap()
 }
 
-fn load(rt: &Runtime, name: &str) -> Arc<disagg::plugin::LoadedPlugin> {
+fn load(rt: &Arc<Runtime>, name: &str) -> Arc<disagg::plugin::LoadedPlugin> {
     rt.load(name, &read(&component(name)))
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -28,12 +29,12 @@ fn patch_input(
     set_file: &str,
     role_index: usize,
     config: Value,
-) -> (disagg::api::lws::LeaderWorkerSet, PatchInput) {
+) -> (disagg::api::lws::LeaderWorkerSet, PatchRequest) {
     let set = disagg::input::load_set(&repo(set_file)).unwrap();
     let rev = revision(&set.spec, &[]);
     let role = &set.spec.roles[role_index];
     let lws = render_child(&set, role, 0, &rev, role.spec.replicas);
-    let input = PatchInput {
+    let input = PatchRequest {
         set: serde_json::to_string(&set).unwrap(),
         role: role.name.clone(),
         slice: 0,
@@ -49,8 +50,8 @@ fn gate_input(
     held_for_ms: u64,
     annotations: &[(&str, &str)],
     now_ms: u64,
-) -> GateInput {
-    GateInput {
+) -> GateRequest {
+    GateRequest {
         set_name: "llm".into(),
         namespace: "default".into(),
         labels: vec![],
@@ -102,7 +103,7 @@ fn role_profile_vllm_preset_sets_kv_roles_and_peer_addresses() {
     let rt = runtime();
     let p = load(&rt, "role-profile");
     let (lws, input) = patch_input("examples/vllm-pd.yaml", 0, json!({"preset": "vllm"}));
-    let patched = apply(&lws, &rt.patch_role(&p, &input).unwrap()).unwrap();
+    let patched = apply(&lws, &p.patch_role(&input).unwrap()).unwrap();
     let c = container(&patched);
     let args: Vec<&str> = c["args"]
         .as_array()
@@ -138,7 +139,7 @@ fn role_profile_vllm_preset_sets_kv_roles_and_peer_addresses() {
     assert_eq!(patched.spec.replicas, lws.spec.replicas);
 
     let (lws, input) = patch_input("examples/vllm-pd.yaml", 1, json!({"preset": "vllm"}));
-    let patched = apply(&lws, &rt.patch_role(&p, &input).unwrap()).unwrap();
+    let patched = apply(&lws, &p.patch_role(&input).unwrap()).unwrap();
     assert!(
         container(&patched)["args"]
             .to_string()
@@ -155,7 +156,7 @@ fn role_profile_sglang_preset_and_per_role_patches() {
         "resources": {"limits": {"nvidia.com/gpu": "2"}},
         "nodeSelector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]}}});
     let (lws, input) = patch_input("examples/sglang-pd.yaml", 1, config.clone());
-    let patched = apply(&lws, &rt.patch_role(&p, &input).unwrap()).unwrap();
+    let patched = apply(&lws, &p.patch_role(&input).unwrap()).unwrap();
     let c = container(&patched);
     let args = c["args"].to_string();
     assert!(
@@ -172,7 +173,7 @@ fn role_profile_sglang_preset_and_per_role_patches() {
     assert_eq!(pod["tolerations"][0]["key"], "gpu");
     // Prefill has a leader template: both templates are patched.
     let (lws, input) = patch_input("examples/sglang-pd.yaml", 0, config);
-    let patched = apply(&lws, &rt.patch_role(&p, &input).unwrap()).unwrap();
+    let patched = apply(&lws, &p.patch_role(&input).unwrap()).unwrap();
     let leader = &patched
         .spec
         .leader_worker_template
@@ -187,7 +188,7 @@ fn role_profile_sglang_preset_and_per_role_patches() {
     );
     // A bad config is the plugin's error, in words.
     let (_, bad) = patch_input("examples/sglang-pd.yaml", 0, json!({"preset": "tensorrt"}));
-    let err = rt.patch_role(&p, &bad).unwrap_err();
+    let err = p.patch_role(&bad).unwrap_err();
     assert!(
         matches!(&err, PluginError::Failed { message, .. } if message.contains("invalid config")),
         "{err}"
@@ -195,13 +196,12 @@ fn role_profile_sglang_preset_and_per_role_patches() {
 }
 
 fn scale(
-    rt: &Runtime,
     p: &disagg::plugin::LoadedPlugin,
     role: &str,
     prefill: i32,
     config: Value,
 ) -> Result<Option<i32>, PluginError> {
-    let input = ScaleInput {
+    let input = ScaleRequest {
         set: "{}".into(),
         roles: vec![
             RoleReplicas {
@@ -220,7 +220,7 @@ fn scale(
         role: role.into(),
         config: config.to_string(),
     };
-    rt.scale_role(p, &input).map(|a| a.map(|a| a.replicas))
+    p.scale_role(&input).map(|a| a.map(|a| a.replicas))
 }
 
 #[test]
@@ -228,13 +228,11 @@ fn ratio_scaler_keeps_the_ratio_within_bounds() {
     let rt = runtime();
     let p = load(&rt, "ratio-scaler");
     let cfg = json!({"role": "decode", "of": "prefill", "ratio": 1.5, "min": 2, "max": 10});
-    assert_eq!(scale(&rt, &p, "decode", 3, cfg.clone()).unwrap(), Some(5));
-    assert_eq!(scale(&rt, &p, "decode", 0, cfg.clone()).unwrap(), Some(2));
-    assert_eq!(scale(&rt, &p, "decode", 40, cfg.clone()).unwrap(), Some(10));
-    assert_eq!(scale(&rt, &p, "prefill", 3, cfg).unwrap(), None);
-    let err = scale(
-        &rt,
-        &p,
+    assert_eq!(scale(&p, "decode", 3, cfg.clone()).unwrap(), Some(5));
+    assert_eq!(scale(&p, "decode", 0, cfg.clone()).unwrap(), Some(2));
+    assert_eq!(scale(&p, "decode", 40, cfg.clone()).unwrap(), Some(10));
+    assert_eq!(scale(&p, "prefill", 3, cfg).unwrap(), None);
+    let err = scale(&p,
         "decode",
         3,
         json!({"role": "decode", "of": "encode", "ratio": 1}),
@@ -248,7 +246,7 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
     let rt = runtime();
     let p = load(&rt, "rollout-gate");
     let hold_reason = |d: GateDecision| match d {
-        GateDecision::Hold(h) => Some(h.reason),
+        GateDecision::Hold { reason, .. } => Some(reason),
         GateDecision::Proceed => None,
     };
     // 2026-11-24 (a Tuesday) 10:00 UTC.
@@ -256,21 +254,21 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
     let bake = json!({"bakeSeconds": 60});
     assert!(
         hold_reason(
-            rt.gate_step(&p, &gate_input(bake.clone(), 30_000, &[], tuesday_10))
+            p.gate_step(&gate_input(bake.clone(), 30_000, &[], tuesday_10))
                 .unwrap()
         )
         .unwrap()
         .contains("baking")
     );
     assert_eq!(
-        rt.gate_step(&p, &gate_input(bake, 61_000, &[], tuesday_10))
+        p.gate_step(&gate_input(bake, 61_000, &[], tuesday_10))
             .unwrap(),
         GateDecision::Proceed
     );
 
     let approval = json!({"requireApproval": true});
     let held = hold_reason(
-        rt.gate_step(&p, &gate_input(approval.clone(), 0, &[], tuesday_10))
+        p.gate_step(&gate_input(approval.clone(), 0, &[], tuesday_10))
             .unwrap(),
     )
     .unwrap();
@@ -278,28 +276,28 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
     let wrong = [("disaggregatedset.x-k8s.io/approve-step", "1")];
     assert!(
         hold_reason(
-            rt.gate_step(&p, &gate_input(approval.clone(), 0, &wrong, tuesday_10))
+            p.gate_step(&gate_input(approval.clone(), 0, &wrong, tuesday_10))
                 .unwrap()
         )
         .is_some()
     );
     let right = [("disaggregatedset.x-k8s.io/approve-step", "2")];
     assert_eq!(
-        rt.gate_step(&p, &gate_input(approval, 0, &right, tuesday_10))
+        p.gate_step(&gate_input(approval, 0, &right, tuesday_10))
             .unwrap(),
         GateDecision::Proceed
     );
 
     let office = json!({"windows": [{"days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "start": "09:00", "end": "17:00"}]});
     assert_eq!(
-        rt.gate_step(&p, &gate_input(office.clone(), 0, &[], tuesday_10))
+        p.gate_step(&gate_input(office.clone(), 0, &[], tuesday_10))
             .unwrap(),
         GateDecision::Proceed
     );
     let tuesday_20 = tuesday_10 + 10 * 3_600_000;
     assert!(
         hold_reason(
-            rt.gate_step(&p, &gate_input(office.clone(), 0, &[], tuesday_20))
+            p.gate_step(&gate_input(office.clone(), 0, &[], tuesday_20))
                 .unwrap()
         )
         .unwrap()
@@ -308,23 +306,21 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
     let saturday_10 = tuesday_10 + 4 * 86_400_000;
     assert!(
         hold_reason(
-            rt.gate_step(&p, &gate_input(office, 0, &[], saturday_10))
+            p.gate_step(&gate_input(office, 0, &[], saturday_10))
                 .unwrap()
         )
         .is_some()
     );
     let night = json!({"windows": [{"start": "22:00", "end": "02:00"}]});
     assert_eq!(
-        rt.gate_step(
-            &p,
-            &gate_input(night.clone(), 0, &[], tuesday_10 - 9 * 3_600_000)
+        p.gate_step(&gate_input(night.clone(), 0, &[], tuesday_10 - 9 * 3_600_000)
         )
         .unwrap(),
         GateDecision::Proceed
     );
     assert!(
         hold_reason(
-            rt.gate_step(&p, &gate_input(night, 0, &[], tuesday_10))
+            p.gate_step(&gate_input(night, 0, &[], tuesday_10))
                 .unwrap()
         )
         .is_some()
@@ -333,14 +329,11 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
     let mut not_ready = gate_input(json!({}), 0, &[], tuesday_10);
     not_ready.roles[0].ready = false;
     assert!(
-        hold_reason(rt.gate_step(&p, &not_ready).unwrap())
+        hold_reason(p.gate_step(&not_ready).unwrap())
             .unwrap()
             .contains("not ready")
     );
-    let err = rt
-        .gate_step(
-            &p,
-            &gate_input(
+    let err = p.gate_step(&gate_input(
                 json!({"windows": [{"start": "9am", "end": "5pm"}]}),
                 0,
                 &[],
@@ -355,25 +348,23 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
 fn calling_a_hook_a_plugin_does_not_implement_is_an_error() {
     let rt = runtime();
     let p = load(&rt, "ratio-scaler");
-    let err = rt
-        .gate_step(&p, &gate_input(json!({}), 0, &[], 0))
+    let err = p.gate_step(&gate_input(json!({}), 0, &[], 0))
         .unwrap_err();
     assert_eq!(err.reason(), "PluginHookMissing");
 }
 
 /// Runs the hostile plugin's `patch-role` in `mode`: its error and how long it took.
 fn misbehave(
-    rt: &Runtime,
     hostile: &disagg::plugin::LoadedPlugin,
-    base: &PatchInput,
+    base: &PatchRequest,
     mode: &str,
 ) -> (PluginError, Duration) {
-    let input = PatchInput {
+    let input = PatchRequest {
         config: json!({"mode": mode}).to_string(),
         ..base.clone()
     };
     let started = Instant::now();
-    let err = rt.patch_role(hostile, &input).unwrap_err();
+    let err = hostile.patch_role(&input).unwrap_err();
     (err, started.elapsed())
 }
 
@@ -399,29 +390,29 @@ fn hostile_plugins_fail_with_typed_errors_and_do_not_poison_the_runtime() {
         ("flood", "PluginOutputTooLarge", Duration::from_secs(2)),
         ("big-output", "PluginOutputTooLarge", Duration::from_secs(2)),
     ] {
-        let (err, took) = misbehave(&rt, &hostile, &base, mode);
+        let (err, took) = misbehave(&hostile, &base, mode);
         assert_eq!(err.reason(), reason, "{mode}: {err}");
         assert!(err.to_string().contains("plugin hostile"), "{err}");
         assert!(took < max, "{mode} took {took:?}");
         assert_eq!(
-            scale(&rt, &healthy, "decode", 2, cfg.clone()).unwrap(),
+            scale(&healthy, "decode", 2, cfg.clone()).unwrap(),
             Some(4),
             "after {mode}"
         );
     }
     // The trap carries the plugin's own panic message.
-    let input = PatchInput {
+    let input = PatchRequest {
         config: json!({"mode": "trap"}).to_string(),
         ..base.clone()
     };
-    let err = rt.patch_role(&hostile, &input).unwrap_err().to_string();
+    let err = hostile.patch_role(&input).unwrap_err().to_string();
     assert!(err.contains("panics on purpose"), "{err}");
     // A patch that is JSON but not a patch is refused when applied.
-    let input = PatchInput {
+    let input = PatchRequest {
         config: json!({"mode": "garbage"}).to_string(),
         ..base.clone()
     };
-    let patch = rt.patch_role(&hostile, &input).unwrap();
+    let patch = hostile.patch_role(&input).unwrap();
     assert!(matches!(patch, LwsPatch::Json(_)));
     let (lws, _) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
     assert!(
@@ -430,9 +421,7 @@ fn hostile_plugins_fail_with_typed_errors_and_do_not_poison_the_runtime() {
             .contains("not an RFC 6902 JSON patch")
     );
     // A gate that always holds is not an error: the hold is the answer.
-    let timeout = rt.gate_step(
-        &hostile,
-        &GateInput {
+    let timeout = hostile.gate_step(&GateRequest {
             config: json!({"mode": "loop"}).to_string(),
             ..gate_input(json!({}), 0, &[], 0)
         },
@@ -495,7 +484,7 @@ fn deadlines_are_configurable() {
     let hostile = load(&rt, "hostile");
     let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "loop"}));
     let started = Instant::now();
-    let err = rt.patch_role(&hostile, &base).unwrap_err();
+    let err = hostile.patch_role(&base).unwrap_err();
     assert!(
         matches!(err, PluginError::Timeout { limit_ms: 20, .. }),
         "{err}"
@@ -519,27 +508,24 @@ fn guests_blocked_in_host_calls_are_abandoned_at_the_deadline() {
         ("stdin", "PluginTimeout"),
         ("exit", "PluginTrapped"),
     ] {
-        let (err, took) = misbehave(&rt, &hostile, &base, mode);
+        let (err, took) = misbehave(&hostile, &base, mode);
         assert_eq!(err.reason(), reason, "{mode}: {err}");
         assert!(
             took < deadline + Duration::from_millis(150),
             "{mode} returned after {took:?}"
         );
         let cfg = json!({"role": "decode", "of": "prefill", "ratio": 2});
-        assert_eq!(scale(&rt, &healthy, "decode", 2, cfg).unwrap(), Some(4));
+        assert_eq!(scale(&healthy, "decode", 2, cfg).unwrap(), Some(4));
     }
-    let input = PatchInput {
+    let input = PatchRequest {
         config: json!({"mode": "exit"}).to_string(),
         ..base.clone()
     };
-    let err = rt.patch_role(&hostile, &input).unwrap_err().to_string();
+    let err = hostile.patch_role(&input).unwrap_err().to_string();
     assert!(err.contains("called exit"), "{err}");
     // A sleeping gate, the case that used to stall a set forever.
     let started = Instant::now();
-    let err = rt
-        .gate_step(
-            &hostile,
-            &GateInput {
+    let err = hostile.gate_step(&GateRequest {
                 config: json!({"mode": "sleep"}).to_string(),
                 ..gate_input(json!({}), 0, &[], 0)
             },
@@ -555,7 +541,6 @@ fn slots_taken(
     slots: usize,
     slot_wait: Duration,
 ) -> (
-    Arc<Runtime>,
     Arc<disagg::plugin::LoadedPlugin>,
     Vec<std::thread::JoinHandle<&'static str>>,
 ) {
@@ -570,22 +555,22 @@ fn slots_taken(
     let (_, sleeper) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
     let sleepers = (0..slots)
         .map(|_| {
-            let (rt, hostile, input) = (rt.clone(), hostile.clone(), sleeper.clone());
-            std::thread::spawn(move || rt.patch_role(&hostile, &input).unwrap_err().reason())
+            let (hostile, input) = (hostile.clone(), sleeper.clone());
+            std::thread::spawn(move || hostile.patch_role(&input).unwrap_err().reason())
         })
         .collect();
     std::thread::sleep(Duration::from_millis(100));
-    (rt, hostile, sleepers)
+    (hostile, sleepers)
 }
 
 /// Calls from every caller share one bound; a call that finds every slot
 /// taken for `slot_wait` is `PluginBusy` — retryable, never run half-way.
 #[test]
 fn calls_beyond_the_slots_wait_and_then_report_busy() {
-    let (rt, hostile, sleepers) = slots_taken(2, Duration::from_millis(200));
+    let (hostile, sleepers) = slots_taken(2, Duration::from_millis(200));
     let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
     let started = Instant::now();
-    let err = rt.patch_role(&hostile, &base).unwrap_err();
+    let err = hostile.patch_role(&base).unwrap_err();
     assert_eq!(err.reason(), "PluginBusy", "{err}");
     assert!(err.retryable());
     assert!(err.to_string().contains("all 2 plugin call slots"), "{err}");
@@ -594,11 +579,11 @@ fn calls_beyond_the_slots_wait_and_then_report_busy() {
         assert_eq!(s.join().unwrap(), "PluginTimeout");
     }
     // Slots come back when calls end.
-    let ok = PatchInput {
+    let ok = PatchRequest {
         config: "{}".into(),
         ..base
     };
-    assert!(rt.patch_role(&hostile, &ok).is_ok());
+    assert!(hostile.patch_role(&ok).is_ok());
 }
 
 /// Loading is bounded: a component over the size limit (raw, or a gzip bomb)
@@ -644,12 +629,6 @@ fn loading_is_bounded_in_size_and_time_and_unused_components_are_freed() {
     assert_eq!(rt.compiled_count(), 0);
 }
 
-fn disagg(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_disagg"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn cli_plugin_check_reports_the_component() {
@@ -723,17 +702,28 @@ fn cli_render_applies_the_sets_plugin_bindings() {
         docs[0]["metadata"]["labels"]["disaggregatedset.x-k8s.io/revision"]
     );
 
-    // Missing plugins: ratio-scaler (Fail) stops the set, rollout-gate (Ignore) is skipped; both are reported.
-    let out = disagg(&["render", "-f", set, "--plugin", &rp]);
+    // Bound plugins not given run the components deploy/ ships, as in `disagg dev`.
+    let shipped = disagg(&["render", "-f", set]);
+    assert!(shipped.status.success());
+    assert_eq!(String::from_utf8(shipped.stdout).unwrap(), text);
+
+    // Missing plugins (bound, neither given nor shipped): my-ratio-scaler
+    // (Fail) stops the set, my-rollout-gate (Ignore) is skipped; both are reported.
+    let renamed = std::fs::read_to_string(set)
+        .unwrap()
+        .replace("- name: ratio-scaler", "- name: my-ratio-scaler")
+        .replace("- name: rollout-gate", "- name: my-rollout-gate");
+    let missing = temp_file("missing.yaml", &renamed);
+    let out = disagg(&["render", "-f", missing.to_str().unwrap(), "--plugin", &rp]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
-        err.contains("Warning PluginMissing: plugin ratio-scaler")
+        err.contains("Warning PluginMissing: plugin my-ratio-scaler")
             && err.contains("set left unchanged (failurePolicy Fail)"),
         "{err}"
     );
     assert!(
-        err.contains("plugin rollout-gate")
+        err.contains("plugin my-rollout-gate")
             && err.contains("plugin skipped (failurePolicy Ignore)"),
         "{err}"
     );
@@ -743,7 +733,7 @@ fn cli_render_applies_the_sets_plugin_bindings() {
 #[test]
 fn gates_in_binding_order_with_failure_policies() {
     use disagg::api::set::{FailurePolicy, PluginBinding};
-    use disagg::plugin::bindings::{Bound, gate};
+    use disagg::core::bindings::{Bound, gate};
     let rt = runtime();
     let bind = |name: &str, plugin: &str, policy: FailurePolicy, config: Value| Bound {
         binding: PluginBinding {
@@ -774,7 +764,7 @@ fn gates_in_binding_order_with_failure_policies() {
     };
 
     // Ignore: the failing gate is skipped (and reported), the next gate decides.
-    let (held, failures) = gate(&rt, &[looping(), approval()], &input);
+    let (held, failures) = gate(&[looping(), approval()], &input);
     let (by, reason, _) = held.unwrap();
     assert_eq!(by, "approval");
     assert!(reason.contains("waiting for approval"), "{reason}");
@@ -791,27 +781,31 @@ fn gates_in_binding_order_with_failure_policies() {
         },
         ..looping()
     };
-    let (held, failures) = gate(&rt, &[strict, approval()], &input);
+    let (held, failures) = gate(&[strict, approval()], &input);
     assert_eq!(held.unwrap().0, "looper");
     assert!(failures[0].blocks());
 
     // Every gate proceeds: no hold, no failures.
     let open = bind("open", "rollout-gate", FailurePolicy::Fail, json!({}));
-    assert_eq!(gate(&rt, &[open], &input), (None, vec![]));
+    assert_eq!(gate(&[open], &input), (None, vec![]));
 }
 
 #[test]
 fn a_digest_pin_only_ever_runs_that_component() {
-    use disagg::plugin::bindings::resolve;
+    use disagg::core::bindings::resolve;
     let rt = runtime();
     let gate = load(&rt, "rollout-gate");
     let mut set = disagg::input::load_set(&repo("examples/vllm-pd-plugins.yaml")).unwrap();
     set.spec.plugins.retain(|b| b.name == "rollout-gate");
     set.spec.plugins[0].digest = Some(gate.digest.clone());
-    let (bound, failures) = resolve(&set.spec.plugins, |_| Some(gate.clone()));
+    let plugins = std::collections::BTreeMap::from([(
+        "rollout-gate".to_string(),
+        gate.clone() as Arc<dyn Plugin>,
+    )]);
+    let (bound, failures) = resolve(&set.spec.plugins, &plugins);
     assert_eq!((bound.len(), failures.len()), (1, 0));
     set.spec.plugins[0].digest = Some(format!("sha256:{}", "0".repeat(64)));
-    let (bound, failures) = resolve(&set.spec.plugins, |_| Some(gate.clone()));
+    let (bound, failures) = resolve(&set.spec.plugins, &plugins);
     assert!(bound.is_empty());
     assert_eq!(failures[0].reason, "PluginDigestMismatch");
     assert!(failures[0].message.contains(&gate.digest));
@@ -830,11 +824,9 @@ fn the_observer_sees_every_hook_call_with_its_outcome() {
             .push((plugin.to_string(), hook, error.is_some()));
     }));
     let gate = load(&rt, "rollout-gate");
-    rt.gate_step(&gate, &gate_input(serde_json::json!({}), 0, &[], 0))
+    gate.gate_step(&gate_input(serde_json::json!({}), 0, &[], 0))
         .unwrap();
-    rt.gate_step(
-        &gate,
-        &gate_input(serde_json::json!({"nonsense": 1}), 0, &[], 0),
+    gate.gate_step(&gate_input(serde_json::json!({"nonsense": 1}), 0, &[], 0),
     )
     .unwrap_err();
     assert_eq!(
@@ -870,19 +862,19 @@ fn the_memory_cap_counts_every_memory_of_the_component() {
         .load("single", &handmade_component(false, &grow("$m0"), ""))
         .unwrap();
     assert_eq!(single.info.name, "handmade");
-    assert_eq!(rt.patch_role(&single, &input).unwrap(), LwsPatch::None);
+    assert_eq!(single.patch_role(&input).unwrap(), LwsPatch::None);
     // 40 MiB in each of two memories: 80 MiB over all, refused.
     let body = format!("{} {}", grow("$m1"), grow("$m0"));
     let double = rt
         .load("double", &handmade_component(true, &body, ""))
         .unwrap();
-    let err = rt.patch_role(&double, &input).unwrap_err();
+    let err = double.patch_role(&input).unwrap_err();
     assert_eq!(err.reason(), "PluginOutOfMemory", "{err}");
     // Either memory alone still fits.
     let one = rt
         .load("one", &handmade_component(true, &grow("$m1"), ""))
         .unwrap();
-    assert_eq!(rt.patch_role(&one, &input).unwrap(), LwsPatch::None);
+    assert_eq!(one.patch_role(&input).unwrap(), LwsPatch::None);
 }
 
 /// A component within the size limit but slow to compile (one huge function:
@@ -940,9 +932,7 @@ fn scale_advice_is_bounded_and_messages_are_truncated() {
         (-1, false),
         (i32::MAX, false),
     ] {
-        let result = scale(
-            &rt,
-            &hostile,
+        let result = scale(&hostile,
             "decode",
             1,
             json!({"mode": "scale", "replicas": replicas}),
@@ -958,7 +948,7 @@ fn scale_advice_is_bounded_and_messages_are_truncated() {
     }
     // A trap's message (the plugin's panic) is kept short.
     let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "trap"}));
-    let err = rt.patch_role(&hostile, &base).unwrap_err().to_string();
+    let err = hostile.patch_role(&base).unwrap_err().to_string();
     assert!(err.len() < 4096, "{} bytes", err.len());
 }
 
@@ -967,8 +957,8 @@ fn scale_advice_is_bounded_and_messages_are_truncated() {
 #[test]
 fn a_busy_plugin_blocks_its_role_even_under_ignore() {
     use disagg::api::set::{FailurePolicy, PluginBinding};
-    use disagg::plugin::bindings::{Bound, patch};
-    let (rt, hostile, sleepers) = slots_taken(1, Duration::from_millis(50));
+    use disagg::core::bindings::{Bound, patch};
+    let (hostile, sleepers) = slots_taken(1, Duration::from_millis(50));
     let (lws, _) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
     let bound = [Bound {
         binding: PluginBinding {
@@ -983,7 +973,7 @@ fn a_busy_plugin_blocks_its_role_even_under_ignore() {
     let set =
         serde_json::to_string(&disagg::input::load_set(&repo("examples/vllm-pd.yaml")).unwrap())
             .unwrap();
-    let (result, skipped) = patch(&rt, &set, &bound, "prefill", 0, "abcd1234", lws);
+    let (result, skipped) = patch(&set, &bound, "prefill", 0, "abcd1234", lws);
     let failure = result.unwrap_err();
     assert_eq!(failure.reason, "PluginBusy");
     assert!(failure.blocks() && failure.retry, "{failure:?}");

@@ -1,7 +1,6 @@
 use super::set::DisaggregatedSet;
 use super::structural::{apply_defaults, check, prune};
 use super::validate::validate;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 fn role(name: &str, replicas: i32) -> Value {

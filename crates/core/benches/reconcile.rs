@@ -1,83 +1,78 @@
-//! Pure reconcile of one 3-role set (DESIGN §8, target ≤ 100 µs median):
-//! revision hash + executor decision + rendering the set's children + status,
-//! for a set in the middle of a rollout. No plugins, no I/O.
+//! The decide step for one 3-role set in the middle of a rollout (target ≤
+//! 100 µs median, `docs/architecture.md`): children parsed into the
+//! executor's view, revision hash, the planner, rendering, status and Events
+//! — everything a reconcile does but the API calls. No plugins.
 //!
 //! Prints criterion's report and one machine-readable line:
 //! `BENCH pure_reconcile_3_roles median_us=<n>`.
 
 use criterion::{Criterion, criterion_group};
-use disagg::api::set::DisaggregatedSet;
-use disagg::core::execute::{Child, decide, target_for};
-use disagg::core::render::{child_name, render_child};
-use disagg::core::revision::revision;
-use disagg::core::status::{Observation, compute};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use disagg_api::lws::{LeaderWorkerSet, LeaderWorkerSetStatus};
+use disagg_api::set::DisaggregatedSet;
+use disagg_core::decide::{Observed, decide};
+use disagg_core::plugins::NoPlugins;
+use disagg_core::render::render_child;
+use disagg_core::revision::revision;
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::PathBuf;
 
+/// `examples/epd-3role.yaml`, defaulted by the CRD schema as the API server would.
 fn example_set() -> DisaggregatedSet {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/epd-3role.yaml");
-    disagg::input::load_set(&path).expect("examples/epd-3role.yaml loads")
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/epd-3role.yaml");
+    let text = std::fs::read_to_string(&path).expect("examples/epd-3role.yaml");
+    let mut value: serde_json::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    disagg_api::structural::apply_defaults(disagg_api::crd::set_schema(), &mut value);
+    let mut set: DisaggregatedSet = serde_json::from_value(value).expect("a DisaggregatedSet");
+    set.metadata.uid = Some("set-uid".into());
+    set
 }
 
-/// Children halfway through a rollout from an older revision.
-fn mid_rollout(set: &DisaggregatedSet, rev: &str) -> Vec<Child> {
-    let name = set.metadata.name.clone().unwrap();
+/// Children halfway through a rollout from an older revision, all ready.
+fn mid_rollout(set: &DisaggregatedSet, rev: &str) -> Vec<LeaderWorkerSet> {
     let mut children = Vec::new();
     for role in &set.spec.roles {
         let n = role.spec.replicas;
-        for (revision, replicas, initial, created) in
-            [("0ld0ld00", n / 2, Some(n), 1), (rev, n - n / 2, None, 2)]
+        for (revision, replicas, initial) in [("0ld0ld00", n / 2, Some(n)), (rev, n - n / 2, None)]
         {
-            children.push(Child {
-                name: child_name(&name, 0, revision, &role.name),
-                slice: 0,
-                revision: revision.to_string(),
-                role: role.name.clone(),
+            let mut child = render_child(set, role, 0, revision, replicas);
+            if let Some(initial) = initial {
+                child.metadata.annotations = Some(BTreeMap::from([(
+                    disagg_api::keys::INITIAL_REPLICAS.to_string(),
+                    initial.to_string(),
+                )]));
+            }
+            child.status = Some(LeaderWorkerSetStatus {
                 replicas,
                 ready_replicas: replicas,
-                status_replicas: replicas,
-                initial_replicas: initial,
-                created,
-                owned: true,
+                ..Default::default()
             });
+            children.push(child);
         }
     }
     children
-}
-
-fn reconcile(set: &DisaggregatedSet, children: &[Child], now: &Time) -> usize {
-    let rev = revision(&set.spec, &[]);
-    let target = target_for(set, &rev, |r| r.spec.replicas);
-    let decision = decide(&target, children);
-    let rendered: usize = set
-        .spec
-        .roles
-        .iter()
-        .zip(&target.roles)
-        .map(|(role, t)| render_child(set, role, 0, &rev, t.replicas).spec.replicas as usize)
-        .sum();
-    let status = compute(&Observation {
-        generation: set.metadata.generation,
-        target: &target,
-        children,
-        decision: Some(&decision),
-        violations: &[],
-        hold: None,
-        progress_deadline_seconds: set.spec.progress_deadline_seconds,
-        previous: None,
-        now: now.clone(),
-    });
-    rendered + decision.actions().count() + status.conditions.len()
 }
 
 fn bench(c: &mut Criterion) {
     let set = example_set();
     let rev = revision(&set.spec, &[]);
     let children = mid_rollout(&set, &rev);
-    let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
+    let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    let observed = Observed {
+        set: &set,
+        children: &children,
+        scalers: &[],
+        defaults: &[],
+        plugins: &NoPlugins,
+        now,
+    };
+    let plan = decide(&observed);
+    assert!(
+        !plan.writes.is_empty(),
+        "the benchmark's set is mid-rollout: {plan:?}"
+    );
     c.bench_function("pure_reconcile_3_roles", |b| {
-        b.iter(|| reconcile(black_box(&set), black_box(&children), &now))
+        b.iter(|| decide(black_box(&observed)).writes.len())
     });
 }
 

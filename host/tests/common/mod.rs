@@ -6,17 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
+pub use test_support::{repo, shared};
 
-pub fn shared(path: &str) -> PathBuf {
-    match std::env::var_os("DISAGG_SHARED") {
-        Some(dir) => PathBuf::from(dir).join(path),
-        None => repo("../shared").join(path),
-    }
+/// Runs the `disagg` binary of this build, as a user would.
+pub fn disagg(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_disagg"))
+        .args(args)
+        .output()
+        .expect("run disagg")
 }
 
 /// Every guest crate of the workspace, built for wasm32-wasip2 with the `plugin` profile.

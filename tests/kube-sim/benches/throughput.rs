@@ -9,6 +9,7 @@
 //!
 //! Prints one machine-readable line starting `BENCH kube-sim`.
 
+use test_support::{repo, shared};
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube_sim::server::{Sim, router};
@@ -22,18 +23,7 @@ const SUSTAIN: Duration = Duration::from_secs(5);
 const WATCHERS: usize = 100;
 const FANOUT_WRITES: usize = 500;
 
-fn repo(path: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
 
-fn shared(path: &str) -> std::path::PathBuf {
-    match std::env::var_os("DISAGG_SHARED") {
-        Some(dir) => std::path::PathBuf::from(dir).join(path),
-        None => repo("../shared").join(path),
-    }
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -1,6 +1,7 @@
 //! CustomResourceDefinitions applied through the API register new resources,
 //! whose objects are validated, pruned and defaulted by their schema.
 
+use test_support::{repo, shared};
 use disagg_api::lws::LeaderWorkerSet;
 use disagg_api::set::DisaggregatedSet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -11,18 +12,7 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
 
-fn shared(path: &str) -> PathBuf {
-    match std::env::var_os("DISAGG_SHARED") {
-        Some(dir) => PathBuf::from(dir).join(path),
-        None => repo("../shared").join(path),
-    }
-}
 
 async fn start() -> kube::Client {
     start_with(Sim::new(Arc::new(Store::default()))).await

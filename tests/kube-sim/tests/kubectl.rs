@@ -122,21 +122,13 @@ fn kubectl_scales_a_custom_resource_through_its_scale_subresource() {
     );
 }
 
+/// Repository and shared paths as command-line arguments.
 fn repo(path: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-        .to_string_lossy()
-        .into_owned()
+    test_support::repo(path).display().to_string()
 }
 
 fn shared(path: &str) -> String {
-    match std::env::var_os("DISAGG_SHARED") {
-        Some(dir) => PathBuf::from(dir).join(path),
-        None => PathBuf::from(repo("../shared")).join(path),
-    }
-    .to_string_lossy()
-    .into_owned()
+    test_support::shared(path).display().to_string()
 }
 
 /// Waits for `kubectl get` to print `wanted` in the column `column` of `name`'s row.

@@ -21,12 +21,12 @@ mod common;
 use criterion::{Criterion, criterion_group};
 use disagg::core::render::render_child;
 use disagg::core::revision::revision;
-use disagg::plugin::{Limits, PatchInput, Runtime};
+use disagg::plugin::{Limits, PatchRequest, Plugin, Runtime};
 use serde_json::json;
 use std::hint::black_box;
 use std::path::PathBuf;
 
-fn input() -> PatchInput {
+fn input() -> PatchRequest {
     let set = disagg::input::load_set(&common::repo("examples/vllm-pd.yaml")).unwrap();
     let rev = revision(&set.spec, &[]);
     let role = &set.spec.roles[0];
@@ -39,7 +39,7 @@ fn input() -> PatchInput {
         json!(env);
     let lws = lws.to_string();
     assert!((19_000..24_000).contains(&lws.len()), "{}", lws.len());
-    PatchInput {
+    PatchRequest {
         set: serde_json::to_string(&set).unwrap(),
         role: role.name.clone(),
         slice: 0,
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
     let input = input();
     c.bench_function("plugin_patch_role_20kb", |b| {
         b.iter(|| {
-            rt.patch_role(black_box(&plugin), black_box(&input))
+            plugin.patch_role(black_box(&input))
                 .unwrap()
         })
     });
@@ -68,13 +68,13 @@ fn bench(c: &mut Criterion) {
     let passthrough = rt
         .load("hostile", &common::read(&common::component("hostile")))
         .unwrap();
-    let ok = PatchInput {
+    let ok = PatchRequest {
         config: json!({"mode": "ok"}).to_string(),
         ..input.clone()
     };
     c.bench_function("plugin_patch_role_20kb_unread", |b| {
         b.iter(|| {
-            rt.patch_role(black_box(&passthrough), black_box(&ok))
+            passthrough.patch_role(black_box(&ok))
                 .unwrap()
         })
     });
@@ -85,7 +85,7 @@ fn bench(c: &mut Criterion) {
             &common::read(&common::component("rollout-gate")),
         )
         .unwrap();
-    let small = disagg::plugin::GateInput {
+    let small = disagg::plugin::GateRequest {
         set_name: "s".into(),
         namespace: "default".into(),
         labels: vec![],
@@ -100,7 +100,7 @@ fn bench(c: &mut Criterion) {
         config: "{}".into(),
     };
     c.bench_function("plugin_gate_step_small", |b| {
-        b.iter(|| rt.gate_step(black_box(&gate), black_box(&small)).unwrap())
+        b.iter(|| gate.gate_step(black_box(&small)).unwrap())
     });
 }
 
@@ -166,14 +166,14 @@ fn sandbox_worst_cases() {
         .unwrap();
     let deadline = rt.limits().deadline.as_millis();
     for mode in ["sleep", "clock-spin", "stdin", "loop"] {
-        let call = PatchInput {
+        let call = PatchRequest {
             config: json!({"mode": mode}).to_string(),
             ..input()
         };
         let mut took: Vec<f64> = (0..15)
             .map(|_| {
                 let started = Instant::now();
-                let _ = rt.patch_role(&hostile, &call);
+                let _ = hostile.patch_role(&call);
                 started.elapsed().as_secs_f64() * 1000.0
             })
             .collect();
@@ -187,7 +187,7 @@ fn sandbox_worst_cases() {
     // Twice as many callers as slots, each call hoarding memory until the cap stops it.
     let (base, _) = rss_mib();
     let callers = 2 * rt.limits().concurrent_calls;
-    let oom = PatchInput {
+    let oom = PatchRequest {
         config: json!({"mode": "oom"}).to_string(),
         ..input()
     };
@@ -196,7 +196,7 @@ fn sandbox_worst_cases() {
         for _ in 0..callers {
             s.spawn(|| {
                 while Instant::now() < until {
-                    let _ = rt.patch_role(&hostile, &oom);
+                    let _ = hostile.patch_role(&oom);
                 }
             });
         }
