@@ -59,10 +59,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let input = input();
     c.bench_function("plugin_patch_role_20kb", |b| {
-        b.iter(|| {
-            plugin.patch_role(black_box(&input))
-                .unwrap()
-        })
+        b.iter(|| plugin.patch_role(black_box(&input)).unwrap())
     });
     // The same 20 KB in, with a plugin that does not read it (the host's share).
     let passthrough = rt
@@ -73,10 +70,7 @@ fn bench(c: &mut Criterion) {
         ..input.clone()
     };
     c.bench_function("plugin_patch_role_20kb_unread", |b| {
-        b.iter(|| {
-            passthrough.patch_role(black_box(&ok))
-                .unwrap()
-        })
+        b.iter(|| passthrough.patch_role(black_box(&ok)).unwrap())
     });
     // The floor: a fresh instance and a small gate-step call.
     let gate = rt

@@ -281,12 +281,7 @@ fn main() -> ExitCode {
             revision_from,
             plugins,
             default_plugins,
-        } => render(
-            &file,
-            revision_from.as_deref(),
-            &plugins,
-            &default_plugins,
-        ),
+        } => render(&file, revision_from.as_deref(), &plugins, &default_plugins),
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => plugin_check(&file),

@@ -3,13 +3,13 @@
 //! same default bindings and plugins as `disagg dev` and a deployed operator,
 //! so the same file gives the same revision and children everywhere.
 
+use crate::api::set::DisaggregatedSet;
 use crate::core::bindings::{self, DefaultBinding};
 use crate::core::decide::{Observed, Plan, decide};
 use crate::core::execute::Target;
 use crate::core::plugins::Plugin;
 use crate::core::simulate;
 use crate::plugin::{Limits, Runtime};
-use crate::api::set::DisaggregatedSet;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;

@@ -2,11 +2,10 @@
 
 mod common;
 
+use common::disagg;
 use serde_json::Value;
 use std::path::PathBuf;
-use common::disagg;
 use std::process::Output;
-
 
 /// A repository path as a command-line argument.
 fn repo(path: &str) -> String {

@@ -5,8 +5,6 @@ use disagg::api::structural::{apply_defaults, check};
 use serde_json::{Value, json};
 use test_support::{repo, shared};
 
-
-
 fn upstream_schema(file: &str) -> Value {
     let text = std::fs::read_to_string(shared(&format!("upstream/{file}"))).unwrap();
     let crd: Value = serde_yaml_ng::from_str(&text).unwrap();

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{component, read, repo};
-use disagg::plugin::{Plugin, GateDecision, GateRequest, Hook, Limits, RoleStep, Runtime};
+use disagg::plugin::{GateDecision, GateRequest, Hook, Limits, Plugin, RoleStep, Runtime};
 use serde_json::json;
 
 fn input(
@@ -100,7 +100,8 @@ fn check(name: &str, bytes: &[u8]) {
     let p = rt.load(name, bytes).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.info.hooks, vec![Hook::GateStep], "{name}");
     for (i, (scenario, want)) in scenarios().into_iter().enumerate() {
-        let got = p.gate_step(&scenario)
+        let got = p
+            .gate_step(&scenario)
             .unwrap_or_else(|e| panic!("{name} scenario {i}: {e}"));
         match (got, want) {
             (GateDecision::Proceed, None) => {}

@@ -4,17 +4,17 @@
 mod common;
 
 use common::{component, disagg, handmade_component, read, repo};
-use test_support::temp_file;
 use disagg::core::patch::{LwsPatch, apply};
 use disagg::core::render::render_child;
 use disagg::core::revision::revision;
-use disagg::plugin::{Plugin, 
-    GateDecision, GateRequest, Hook, Limits, PatchRequest, PluginError, RoleReplicas, RoleStep,
-    Runtime, ScaleRequest,
+use disagg::plugin::{
+    GateDecision, GateRequest, Hook, Limits, PatchRequest, Plugin, PluginError, RoleReplicas,
+    RoleStep, Runtime, ScaleRequest,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::temp_file;
 
 fn runtime() -> Arc<Runtime> {
     Runtime::new(Limits::default()).unwrap()
@@ -232,7 +232,8 @@ fn ratio_scaler_keeps_the_ratio_within_bounds() {
     assert_eq!(scale(&p, "decode", 0, cfg.clone()).unwrap(), Some(2));
     assert_eq!(scale(&p, "decode", 40, cfg.clone()).unwrap(), Some(10));
     assert_eq!(scale(&p, "prefill", 3, cfg).unwrap(), None);
-    let err = scale(&p,
+    let err = scale(
+        &p,
         "decode",
         3,
         json!({"role": "decode", "of": "encode", "ratio": 1}),
@@ -313,18 +314,16 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
     );
     let night = json!({"windows": [{"start": "22:00", "end": "02:00"}]});
     assert_eq!(
-        p.gate_step(&gate_input(night.clone(), 0, &[], tuesday_10 - 9 * 3_600_000)
-        )
+        p.gate_step(&gate_input(
+            night.clone(),
+            0,
+            &[],
+            tuesday_10 - 9 * 3_600_000
+        ))
         .unwrap(),
         GateDecision::Proceed
     );
-    assert!(
-        hold_reason(
-            p.gate_step(&gate_input(night, 0, &[], tuesday_10))
-                .unwrap()
-        )
-        .is_some()
-    );
+    assert!(hold_reason(p.gate_step(&gate_input(night, 0, &[], tuesday_10)).unwrap()).is_some());
 
     let mut not_ready = gate_input(json!({}), 0, &[], tuesday_10);
     not_ready.roles[0].ready = false;
@@ -333,13 +332,13 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
             .unwrap()
             .contains("not ready")
     );
-    let err = p.gate_step(&gate_input(
-                json!({"windows": [{"start": "9am", "end": "5pm"}]}),
-                0,
-                &[],
-                tuesday_10,
-            ),
-        )
+    let err = p
+        .gate_step(&gate_input(
+            json!({"windows": [{"start": "9am", "end": "5pm"}]}),
+            0,
+            &[],
+            tuesday_10,
+        ))
         .unwrap_err();
     assert!(err.to_string().contains("must be HH:MM"), "{err}");
 }
@@ -348,8 +347,7 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
 fn calling_a_hook_a_plugin_does_not_implement_is_an_error() {
     let rt = runtime();
     let p = load(&rt, "ratio-scaler");
-    let err = p.gate_step(&gate_input(json!({}), 0, &[], 0))
-        .unwrap_err();
+    let err = p.gate_step(&gate_input(json!({}), 0, &[], 0)).unwrap_err();
     assert_eq!(err.reason(), "PluginHookMissing");
 }
 
@@ -422,10 +420,9 @@ fn hostile_plugins_fail_with_typed_errors_and_do_not_poison_the_runtime() {
     );
     // A gate that always holds is not an error: the hold is the answer.
     let timeout = hostile.gate_step(&GateRequest {
-            config: json!({"mode": "loop"}).to_string(),
-            ..gate_input(json!({}), 0, &[], 0)
-        },
-    );
+        config: json!({"mode": "loop"}).to_string(),
+        ..gate_input(json!({}), 0, &[], 0)
+    });
     assert_eq!(timeout.unwrap_err().reason(), "PluginTimeout");
 }
 
@@ -525,11 +522,11 @@ fn guests_blocked_in_host_calls_are_abandoned_at_the_deadline() {
     assert!(err.contains("called exit"), "{err}");
     // A sleeping gate, the case that used to stall a set forever.
     let started = Instant::now();
-    let err = hostile.gate_step(&GateRequest {
-                config: json!({"mode": "sleep"}).to_string(),
-                ..gate_input(json!({}), 0, &[], 0)
-            },
-        )
+    let err = hostile
+        .gate_step(&GateRequest {
+            config: json!({"mode": "sleep"}).to_string(),
+            ..gate_input(json!({}), 0, &[], 0)
+        })
         .unwrap_err();
     assert_eq!(err.reason(), "PluginTimeout");
     assert!(started.elapsed() < deadline + Duration::from_millis(150));
@@ -628,7 +625,6 @@ fn loading_is_bounded_in_size_and_time_and_unused_components_are_freed() {
     drop(scaler);
     assert_eq!(rt.compiled_count(), 0);
 }
-
 
 #[test]
 fn cli_plugin_check_reports_the_component() {
@@ -826,9 +822,8 @@ fn the_observer_sees_every_hook_call_with_its_outcome() {
     let gate = load(&rt, "rollout-gate");
     gate.gate_step(&gate_input(serde_json::json!({}), 0, &[], 0))
         .unwrap();
-    gate.gate_step(&gate_input(serde_json::json!({"nonsense": 1}), 0, &[], 0),
-    )
-    .unwrap_err();
+    gate.gate_step(&gate_input(serde_json::json!({"nonsense": 1}), 0, &[], 0))
+        .unwrap_err();
     assert_eq!(
         *seen.lock().unwrap(),
         vec![
@@ -932,7 +927,8 @@ fn scale_advice_is_bounded_and_messages_are_truncated() {
         (-1, false),
         (i32::MAX, false),
     ] {
-        let result = scale(&hostile,
+        let result = scale(
+            &hostile,
             "decode",
             1,
             json!({"mode": "scale", "replicas": replicas}),

@@ -46,7 +46,9 @@ async fn reconcile_inner(
 
     // Observe.
     let selector = format!("{}={}", keys::NAME, set.name_any());
-    let children = lws_api.list(&ListParams::default().labels(&selector)).await?;
+    let children = lws_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
     let scalers = scaler_api
         .list(&ListParams::default().labels(&selector))
         .await?;
@@ -216,9 +218,7 @@ async fn write_child(
             let patch = json!({"metadata": {"annotations": {keys::INITIAL_REPLICAS: value}}});
             existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?
         }
-        Write::DeleteChild { .. } => {
-            existed(api.delete(name, &DeleteParams::background()).await)?
-        }
+        Write::DeleteChild { .. } => existed(api.delete(name, &DeleteParams::background()).await)?,
         _ => unreachable!("only child writes come here"),
     };
     if made {
@@ -253,9 +253,7 @@ async fn write_scaler(
                     .await,
             )?
         }
-        Write::DeleteScaler { .. } => {
-            existed(api.delete(name, &DeleteParams::background()).await)?
-        }
+        Write::DeleteScaler { .. } => existed(api.delete(name, &DeleteParams::background()).await)?,
         _ => unreachable!("only scaler writes come here"),
     };
     if made {

@@ -19,8 +19,8 @@ use std::path::PathBuf;
 
 /// `examples/epd-3role.yaml`, defaulted by the CRD schema as the API server would.
 fn example_set() -> DisaggregatedSet {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/epd-3role.yaml");
-    let text = std::fs::read_to_string(&path).expect("examples/epd-3role.yaml");
+    let text = std::fs::read_to_string(test_support::repo("examples/epd-3role.yaml"))
+        .expect("examples/epd-3role.yaml");
     let mut value: serde_json::Value = serde_yaml_ng::from_str(&text).expect("YAML");
     disagg_api::structural::apply_defaults(disagg_api::crd::set_schema(), &mut value);
     let mut set: DisaggregatedSet = serde_json::from_value(value).expect("a DisaggregatedSet");

@@ -84,7 +84,10 @@ impl Failure {
                 "{} ({hook}role {r}, {:?}): {}",
                 self.plugin, self.policy, self.message
             ),
-            None => format!("{} ({hook}{:?}): {}", self.plugin, self.policy, self.message),
+            None => format!(
+                "{} ({hook}{:?}): {}",
+                self.plugin, self.policy, self.message
+            ),
         }
     }
 
@@ -364,10 +367,7 @@ pub fn patch(
 
 /// Asks every gate in order; the first hold wins. A failing gate under Fail holds
 /// (the step is not taken); under Ignore it is skipped.
-pub fn gate(
-    bound: &[Bound],
-    input: &GateRequest,
-) -> (Option<(String, String, u64)>, Vec<Failure>) {
+pub fn gate(bound: &[Bound], input: &GateRequest) -> (Option<(String, String, u64)>, Vec<Failure>) {
     let mut failures = Vec::new();
     let changing = input
         .roles

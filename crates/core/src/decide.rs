@@ -61,7 +61,7 @@ pub struct Observed<'a> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
     /// A plain create: an object that already holds the name is never adopted.
-    CreateScaler(DisaggregatedSetRoleScaler),
+    CreateScaler(Box<DisaggregatedSetRoleScaler>),
     /// A merge patch of a scaler's status subresource.
     ScalerStatus {
         name: String,
@@ -166,7 +166,9 @@ impl Write {
             Write::DeleteScaler { name } => normal(
                 "DeletedScaler",
                 "Scale",
-                format!("deleted DisaggregatedSetRoleScaler {name}: its role is no longer External"),
+                format!(
+                    "deleted DisaggregatedSetRoleScaler {name}: its role is no longer External"
+                ),
             ),
             Write::CreateChild(c) => {
                 let label = |k: &str| c.labels().get(k).cloned().unwrap_or_default();
@@ -470,7 +472,13 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         .conditions
         .push(plugins_ready(set, &failures, &refused, &now));
 
-    plan.events = events(set, &failures, &violations, hold.as_ref().map(|(h, _)| h), &rev);
+    plan.events = events(
+        set,
+        &failures,
+        &violations,
+        hold.as_ref().map(|(h, _)| h),
+        &rev,
+    );
     let known = |f: &Failure| {
         set.status.as_ref().is_some_and(|s| {
             s.plugins
@@ -506,9 +514,16 @@ pub fn decide(o: &Observed<'_>) -> Plan {
 
 /// While a set waits for a plugin still compiling, its status is what it
 /// was; after a moment, `PluginsReady=False` says which plugin it waits for.
-fn waiting_for(set: &DisaggregatedSet, loading: &[(&str, Duration)], now: &Time) -> DisaggregatedSetStatus {
+fn waiting_for(
+    set: &DisaggregatedSet,
+    loading: &[(&str, Duration)],
+    now: &Time,
+) -> DisaggregatedSetStatus {
     let mut status = set.status.clone().unwrap_or_default();
-    if loading.iter().all(|(_, took)| *took <= REPORT_LOADING_AFTER) {
+    if loading
+        .iter()
+        .all(|(_, took)| *took <= REPORT_LOADING_AFTER)
+    {
         return status;
     }
     let list: Vec<String> = loading
@@ -568,7 +583,7 @@ fn scalers(
                 (keys::NAME.to_string(), name.clone()),
                 (keys::ROLE.to_string(), role.name.clone()),
             ]));
-            writes.push(planned(Write::CreateScaler(s)));
+            writes.push(planned(Write::CreateScaler(Box::new(s))));
             replicas.insert(role.name.clone(), role.spec.replicas);
             continue;
         };
@@ -670,7 +685,9 @@ fn gates(
         let ready = |role: &str| {
             children
                 .iter()
-                .filter(|c| c.owned && c.slice == slice.slice && c.role == role && c.revision == rev)
+                .filter(|c| {
+                    c.owned && c.slice == slice.slice && c.role == role && c.revision == rev
+                })
                 .all(Child::is_ready)
         };
         let request = GateRequest {
@@ -761,8 +778,7 @@ fn child_writes(
                     continue;
                 };
                 let child = render_child(set, spec, *slice, rev, *replicas);
-                let (result, skipped) =
-                    bindings::patch(set_json, bound, role, *slice, rev, child);
+                let (result, skipped) = bindings::patch(set_json, bound, role, *slice, rev, child);
                 out.failures.extend(skipped);
                 let scope = Scope {
                     role: role.clone(),

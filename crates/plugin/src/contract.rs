@@ -8,11 +8,11 @@
 
 use crate::runtime::LoadedPlugin;
 use crate::sandbox::State;
-use disagg_core::text::truncate;
 use disagg_core::plugins::{
     GateDecision, GateRequest, Hook, LwsPatch, PatchRequest, Plugin, PluginError, PluginInfo,
     ScaleAdvice, ScaleRequest, ValidateRequest, Violation,
 };
+use disagg_core::text::truncate;
 use wasmtime::Store;
 use wasmtime::component::Component;
 
@@ -217,7 +217,6 @@ fn gate_request(r: &GateRequest) -> wit::GateRequest {
 const MAX_MESSAGE_BYTES: usize = 512;
 /// The most violations one plugin may report at once.
 const MAX_VIOLATIONS: usize = 20;
-
 
 impl LoadedPlugin {
     /// Runs `hook` with `request`, if the plugin implements it, and tells

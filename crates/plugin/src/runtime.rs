@@ -6,8 +6,8 @@
 use crate::contract::{self, Request, Response};
 use crate::limits::Limits;
 use crate::sandbox::{Busy, State, root_cause, spawn_ticker};
-use disagg_core::text::truncate;
 use disagg_core::plugins::{Hook, PluginError, PluginInfo};
+use disagg_core::text::truncate;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
@@ -141,7 +141,11 @@ impl Runtime {
     /// a component exporting `hooks` at a version we serve, import nothing we
     /// do not provide, and answer `describe` within limits. CPU-heavy on first
     /// load, and blocking: call it off the async executor.
-    pub fn load(self: &Arc<Self>, name: &str, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, PluginError> {
+    pub fn load(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let invalid = |message: String| PluginError::InvalidComponent {
             plugin: name.to_string(),
             message,
@@ -252,12 +256,17 @@ impl Runtime {
     }
 
     /// Tells the observer about one hook call.
-    pub(crate) fn observed(&self, plugin: &str, hook: Hook, took: Duration, error: Option<&PluginError>) {
+    pub(crate) fn observed(
+        &self,
+        plugin: &str,
+        hook: Hook,
+        took: Duration,
+        error: Option<&PluginError>,
+    ) {
         if let Some(observe) = self.observer.get() {
             observe(plugin, hook, took, error);
         }
     }
-
 }
 
 fn sha256(bytes: &[u8]) -> String {

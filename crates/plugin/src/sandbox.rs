@@ -5,8 +5,8 @@
 
 use crate::contract::{Request, Response, invoke};
 use crate::runtime::{LoadedPlugin, Runtime};
-use disagg_core::text::truncate;
 use disagg_core::plugins::PluginError;
+use disagg_core::text::truncate;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
@@ -70,7 +70,8 @@ impl wasmtime::ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
-}#[derive(Default)]
+}
+#[derive(Default)]
 pub(crate) struct Busy {
     calls: Mutex<usize>,
     started: std::sync::Condvar,
@@ -97,7 +98,11 @@ impl Runtime {
     /// thread (blocking: call it off the async executor). It returns within
     /// the deadline plus a tick whatever the guest does: Wasm code is
     /// interrupted by the epoch, a host call it waits in is abandoned.
-    pub(crate) fn call(&self, plugin: &LoadedPlugin, request: &Request) -> Result<Response, PluginError> {
+    pub(crate) fn call(
+        &self,
+        plugin: &LoadedPlugin,
+        request: &Request,
+    ) -> Result<Response, PluginError> {
         let limits = self.limits;
         let name = || plugin.name.clone();
         // WASI's pollables (a guest's sleep) need tokio's timer; entering the
@@ -214,7 +219,6 @@ impl Runtime {
             }
         })
     }
-
 }
 
 /// Polls `future` on this thread until it is ready or `deadline` passes;

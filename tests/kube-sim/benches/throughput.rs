@@ -9,7 +9,6 @@
 //!
 //! Prints one machine-readable line starting `BENCH kube-sim`.
 
-use test_support::{repo, shared};
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube_sim::server::{Sim, router};
@@ -17,13 +16,12 @@ use kube_sim::store::Store;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::{repo, shared};
 
 const CLIENTS: usize = 8;
 const SUSTAIN: Duration = Duration::from_secs(5);
 const WATCHERS: usize = 100;
 const FANOUT_WRITES: usize = 500;
-
-
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -1,7 +1,6 @@
 //! CustomResourceDefinitions applied through the API register new resources,
 //! whose objects are validated, pruned and defaulted by their schema.
 
-use test_support::{repo, shared};
 use disagg_api::lws::LeaderWorkerSet;
 use disagg_api::set::DisaggregatedSet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -11,8 +10,7 @@ use kube_sim::store::Store;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-
+use test_support::{repo, shared};
 
 async fn start() -> kube::Client {
     start_with(Sim::new(Arc::new(Store::default()))).await

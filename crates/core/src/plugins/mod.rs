@@ -43,7 +43,7 @@ impl std::fmt::Display for Hook {
 }
 
 /// What a plugin says about itself (`describe`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,

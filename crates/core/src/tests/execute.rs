@@ -504,8 +504,8 @@ proptest! {
 /// numbers past the bounds are clamped when read.
 #[test]
 fn rollouts_at_the_numeric_bounds_never_overflow() {
-    use disagg_api::limits::MAX_REPLICAS;
     use crate::execute::bounded;
+    use disagg_api::limits::MAX_REPLICAS;
     assert_eq!(bounded(i32::MAX), MAX_REPLICAS);
     assert_eq!(bounded(i32::MIN), 0);
     for budget in [
@@ -543,9 +543,9 @@ fn rollouts_at_the_numeric_bounds_never_overflow() {
 /// or percentage given, so `target + maxSurge` always fits an `i32`.
 #[test]
 fn budgets_resolve_within_the_replica_bound() {
+    use crate::plan::resolve_budget;
     use disagg_api::limits::MAX_REPLICAS;
     use disagg_api::lws::RollingUpdateConfiguration;
-    use crate::plan::resolve_budget;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     for (surge, unavailable) in [
         (IntOrString::Int(i32::MAX), IntOrString::Int(0)),

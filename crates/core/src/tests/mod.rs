@@ -1,4 +1,5 @@
 //! Tests of the pure core with plain values.
+mod decide;
 mod execute;
 mod patch;
 mod planner_props;

@@ -1,9 +1,9 @@
 //! What a plugin's patch may and may not change, and how large it may grow.
 use super::render::{set, two_roles};
-use disagg_api::keys;
-use disagg_api::lws::LeaderWorkerSet;
 use crate::patch::{LwsPatch, MAX_PATCHED_BYTES, apply};
 use crate::render::render_child;
+use disagg_api::keys;
+use disagg_api::lws::LeaderWorkerSet;
 use serde_json::{Value, json};
 
 /// The prefill child of a set that asks for exclusive placement per slice.

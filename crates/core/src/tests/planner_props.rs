@@ -1,18 +1,13 @@
-use crate::plan::{Budget, PlanCase, RoleState, Step, next_step, simulate};
 use crate::plan::resolve_budget;
+use crate::plan::{Budget, PlanCase, RoleState, Step, next_step, simulate};
 use disagg_api::lws::RollingUpdateConfiguration;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 use std::path::PathBuf;
 
-/// `shared/spec/rollout-vectors.json`, beside the repository (or under `$DISAGG_SHARED`).
+/// `shared/spec/rollout-vectors.json`.
 pub fn vectors_path() -> PathBuf {
-    match std::env::var_os("DISAGG_SHARED") {
-        Some(dir) => PathBuf::from(dir).join("spec/rollout-vectors.json"),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/rollout-vectors.json")
-        }
-    }
+    test_support::shared("spec/rollout-vectors.json")
 }
 
 #[test]
@@ -165,4 +160,3 @@ fn budgets_resolve_percentages_against_the_target() {
         }
     );
 }
-

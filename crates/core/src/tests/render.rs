@@ -1,6 +1,6 @@
+use crate::render::render_child;
 use disagg_api::keys;
 use disagg_api::set::{DisaggregatedSet, PlacementPolicy, PlacementType};
-use crate::render::render_child;
 use serde_json::{Value, json};
 
 pub fn set(spec: Value) -> DisaggregatedSet {

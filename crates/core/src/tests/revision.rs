@@ -1,6 +1,6 @@
 use super::render::{set, two_roles};
-use disagg_api::set::{PlacementPolicy, PlacementType, RoleScaling, ScalingMode};
 use crate::revision::{TemplatePlugin, canonical_json, revision};
+use disagg_api::set::{PlacementPolicy, PlacementType, RoleScaling, ScalingMode};
 use serde_json::json;
 
 #[test]

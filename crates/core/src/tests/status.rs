@@ -1,7 +1,7 @@
 use super::{child, target};
-use disagg_api::validate::Violation;
 use crate::execute::decide;
 use crate::status::{Hold, Observation, compute};
+use disagg_api::validate::Violation;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 fn at(seconds: i64) -> Time {
