@@ -2,7 +2,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p disagg && cp target/release/disagg /disagg
+# No `dev` feature: the image links no in-memory cluster (kube-sim).
+RUN cargo build --release --locked -p disagg --no-default-features && cp target/release/disagg /disagg
 
 # Distroless, non-root (uid 65532), nothing but the binary and its C runtime.
 FROM gcr.io/distroless/cc-debian12:nonroot
