@@ -1,4 +1,4 @@
-//! The operator under load (DESIGN §8, issue #6). kube-sim runs in this
+//! The operator under load (`docs/architecture.md`, issue #6). kube-sim runs in this
 //! process with instantly ready LWS groups; the operator is the `disagg`
 //! binary of this build, in its own process (`--no-leader-election`), so its
 //! memory and CPU are its own.

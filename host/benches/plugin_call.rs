@@ -1,4 +1,4 @@
-//! Plugin hook latency (DESIGN §8, target ≤ 25 µs median): a fresh instance
+//! Plugin hook latency (`docs/architecture.md`, target ≤ 25 µs median): a fresh instance
 //! plus `patch-role` on a ~20 KB LeaderWorkerSet JSON, with the Rust
 //! `role-profile` plugin. Also compile time against component size.
 //!

@@ -1,4 +1,4 @@
-//! `DisaggregatedSetRoleScaler` (DESIGN §3.3): one per External role, with a
+//! `DisaggregatedSetRoleScaler` (`docs/api.md`): one per External role, with a
 //! scale subresource so HPA/KEDA can drive that role.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

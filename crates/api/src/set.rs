@@ -1,4 +1,4 @@
-//! `DisaggregatedSet` v1: the upstream-compatible part (DESIGN §3.1) and our
+//! `DisaggregatedSet` v1: the upstream-compatible part (`docs/api.md`) and our
 //! extensions (§3.2).
 
 use super::lws::LeaderWorkerSetSpec;
@@ -147,7 +147,7 @@ pub enum PlacementType {
     ExclusiveTopology,
 }
 
-/// A plugin bound to this set (extension, DESIGN §3.2).
+/// A plugin bound to this set (extension, `docs/api.md`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginBinding {

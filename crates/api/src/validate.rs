@@ -1,4 +1,4 @@
-//! Operator-side validation of a set (DESIGN §3.1). The CRD schema and its CEL
+//! Operator-side validation of a set (`docs/api.md`). The CRD schema and its CEL
 //! rule catch most of this at the API server; the operator checks again, so a
 //! set that slipped past (an older CRD, a server without CEL) is reported as
 //! `Valid=False` instead of acted upon. Every message names the field.

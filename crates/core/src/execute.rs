@@ -1,4 +1,4 @@
-//! Executor decisions (DESIGN §4–§5), as pure functions: given the target
+//! Executor decisions (`docs/api.md`), as pure functions: given the target
 //! revision and the children that exist, which API writes come next.
 //!
 //! Per slice, in order:
@@ -12,8 +12,8 @@
 //!    children scale up first, then old ones scale down, newest old revision
 //!    first — except that a role whose scale-up would exceed target + maxSurge
 //!    before its drain lands (a forced drain) drains first, so that every state
-//!    between two writes keeps the surge bound (a deliberate refinement of
-//!    DESIGN §5's "scale up first").
+//!    between two writes keeps the surge bound (docs/planner.md, "The executor
+//!    around it").
 //!
 //! The controller asks plugin gates about each slice's `step` before it applies
 //! that slice's actions.

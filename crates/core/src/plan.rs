@@ -1,4 +1,4 @@
-//! The coordinated rollout planner (DESIGN §5): a pure function from the
+//! The coordinated rollout planner (`docs/planner.md`): a pure function from the
 //! per-role rollout state to the next `(old, new)` replica vectors.
 //!
 //! The planner only ever looks at numbers. Which LeaderWorkerSets those
@@ -34,7 +34,7 @@ pub enum Step {
     Stuck,
 }
 
-/// Resolved `(maxSurge, maxUnavailable)` for a role (DESIGN §5, "Config resolution").
+/// Resolved `(maxSurge, maxUnavailable)` for a role (`docs/planner.md`, "Budgets").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Budget {
@@ -79,7 +79,7 @@ pub fn resolve_budget(cfg: Option<&RollingUpdateConfiguration>, target: i32) -> 
     }
 }
 
-/// Computes the next step. See DESIGN §5 for the rules this follows, in order.
+/// Computes the next step. `docs/planner.md` gives the rules this follows, in order.
 pub fn next_step(roles: &[RoleState]) -> Step {
     let schedule = Schedule::new(roles);
     let t = schedule.total_steps;
@@ -178,7 +178,7 @@ pub fn next_step(roles: &[RoleState]) -> Step {
         };
     }
 
-    // 6½. Unblock (our addition to DESIGN §5, reached only where rule 7
+    // 6½. Unblock (rule 7 of docs/planner.md, reached only where rule 7
     // would stop). Rounding in the schedule, and roles whose surge budget is
     // 0, can leave rules 4–6 with nothing to do although a safe move exists.
     // First drain each role by up to one batch, never below its floor; then

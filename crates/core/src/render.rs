@@ -1,4 +1,4 @@
-//! Render (DESIGN §4): set + slice + revision + role → the child LeaderWorkerSet.
+//! Render (`docs/api.md`): set + slice + revision + role → the child LeaderWorkerSet.
 //! Plugin patches are applied on top of this output by the caller.
 
 use disagg_api::keys;

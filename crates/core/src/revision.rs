@@ -1,4 +1,4 @@
-//! The revision hash (DESIGN §4): the first 8 hex digits of a sha256 over the
+//! The revision hash (`docs/api.md`): the first 8 hex digits of a sha256 over the
 //! ordered role names and their `leaderWorkerTemplate`s, plus, for every
 //! template-patching plugin bound to a role, its name, digest and config.
 //!

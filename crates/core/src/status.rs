@@ -1,4 +1,4 @@
-//! Status computation (DESIGN §3.1–§3.2): role statuses in spec order, the
+//! Status computation (`docs/api.md`): role statuses in spec order, the
 //! Available/Progressing contract, and our extension conditions.
 
 use super::execute::{Child, Decision, SliceState, Target};

@@ -1,4 +1,4 @@
-//! Bad input (DESIGN §3.1): invalid sets applied with kubectl, as a user
+//! Bad input (`docs/api.md`): invalid sets applied with kubectl, as a user
 //! would. Each is either rejected by the API server (the CRD schema) or
 //! accepted and reported by the operator as `Valid=False`, with a message
 //! naming the field; either way no child is created, and an existing set

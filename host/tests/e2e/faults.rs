@@ -1,4 +1,4 @@
-//! Surviving failures (DESIGN §7, issue #6). Every scenario runs the same
+//! Surviving failures (`docs/architecture.md`, issue #6). Every scenario runs the same
 //! rollout, 10 prefill / 2 decode groups → 6 / 8 with a new image (groups
 //! ready 30 ms after creation), while something goes wrong: API faults, lost
 //! watches and history, an API server restart, the operator SIGKILLed, a

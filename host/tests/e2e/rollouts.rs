@@ -68,7 +68,7 @@ async fn create_scale_roll_out_and_delete() {
     assert_eq!(kids.len(), 2);
 
     // A template change on one role rolls both out together, along the planner's
-    // schedule (DESIGN §5) and within the surge bound (maxSurge 1, maxUnavailable 0).
+    // schedule (docs/planner.md) and within the surge bound (maxSurge 1, maxUnavailable 0).
     let before = sets.get(&name).await.unwrap();
     set_image(&sets, &name, "vllm/vllm-openai:v0.12.0").await;
     let targets = BTreeMap::from([("prefill".to_string(), 2), ("decode".to_string(), 6)]);

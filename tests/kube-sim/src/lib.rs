@@ -1,5 +1,5 @@
 //! `kube-sim`: an in-memory Kubernetes API server for the operator's tests and
-//! for `disagg dev` (DESIGN §7, issue #4).
+//! for `disagg dev` (`docs/architecture.md`, issue #4).
 //!
 //! The object store ([`store`]) keeps resourceVersions, uid, generation,
 //! finalizers and the watch log; [`server`] serves it over the Kubernetes REST
