@@ -424,3 +424,55 @@ async fn hostile_plugins_fail_their_own_sets_only() {
         "no new-revision child while the gate holds"
     );
 }
+
+/// `disagg render` is the operator's own decide step: for the same file, with
+/// the shipped plugins and default bindings (what `disagg dev` installs), it
+/// prints the children the operator creates — names, revision, replicas after
+/// scaling plugins, templates after patch plugins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_prints_what_the_operator_creates() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cluster = cluster("render-same").await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "lws-system");
+    for cm in disagg::defaults::plugin_configmaps() {
+        configmaps.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let _operator = start_operator_with(
+        &cluster,
+        &["--default-plugins", disagg::defaults::DEFAULT_PLUGINS],
+    );
+    let file = common::repo("examples/vllm-pd-plugins.yaml");
+    let set: DisaggregatedSet =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let name = set.metadata.name.clone().unwrap();
+    let ns = set.metadata.namespace.clone().unwrap_or("default".into());
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), &ns);
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), &ns);
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let (_, created) = until_available(&sets, &lws, &name).await;
+
+    let out = common::disagg(&["render", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rendered: Vec<LeaderWorkerSet> =
+        serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+    let facts = |l: &LeaderWorkerSet| {
+        let worker = serde_json::to_value(&l.spec.leader_worker_template.worker_template).unwrap();
+        (
+            l.metadata.name.clone().unwrap(),
+            l.metadata.labels.clone().unwrap(),
+            l.spec.replicas,
+            worker["spec"]["containers"][0]["args"].clone(),
+        )
+    };
+    let mut live: Vec<_> = created.iter().map(facts).collect();
+    let mut printed: Vec<_> = rendered.iter().map(facts).collect();
+    live.sort_by(|a, b| a.0.cmp(&b.0));
+    printed.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(printed, live);
+    assert!(
+        printed.iter().any(|p| p.3.to_string().contains("kv_producer")),
+        "role-profile's patch is in both: {printed:?}"
+    );
+}
