@@ -435,7 +435,10 @@ async fn render_prints_what_the_operator_creates() {
     let cluster = cluster("render-same").await;
     let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "lws-system");
     for cm in disagg::defaults::plugin_configmaps() {
-        configmaps.create(&PostParams::default(), &cm).await.unwrap();
+        configmaps
+            .create(&PostParams::default(), &cm)
+            .await
+            .unwrap();
     }
     let _operator = start_operator_with(
         &cluster,
@@ -452,7 +455,11 @@ async fn render_prints_what_the_operator_creates() {
     let (_, created) = until_available(&sets, &lws, &name).await;
 
     let out = common::disagg(&["render", "-f", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rendered: Vec<LeaderWorkerSet> =
         serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -472,7 +479,9 @@ async fn render_prints_what_the_operator_creates() {
     printed.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(printed, live);
     assert!(
-        printed.iter().any(|p| p.3.to_string().contains("kv_producer")),
+        printed
+            .iter()
+            .any(|p| p.3.to_string().contains("kv_producer")),
         "role-profile's patch is in both: {printed:?}"
     );
 }

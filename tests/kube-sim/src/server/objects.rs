@@ -334,7 +334,11 @@ pub(super) fn guaranteed_update(
 
 /// Applies a PATCH body of the given media type to `doc` (strategic merge is
 /// treated as a JSON merge patch; server-side apply is not served yet).
-pub(super) fn apply_patch(doc: &mut Value, content_type: &str, patch: Value) -> Result<(), StoreError> {
+pub(super) fn apply_patch(
+    doc: &mut Value,
+    content_type: &str,
+    patch: Value,
+) -> Result<(), StoreError> {
     match content_type.split(';').next().unwrap_or_default().trim() {
         "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
             json_patch::merge(doc, &patch);

@@ -1,0 +1,334 @@
+//! The decide step: everything the operator concludes about one set, from
+//! what it observed, as one pure function. `docs/architecture.md` walks a
+//! reconcile through it.
+//!
+//! In: the set, its children and scalers as the API server returned them,
+//! the operator's default bindings, the plugins (through [`Plugins`]), and
+//! the time. Out: a [`Plan`] — every write in the order to make it, each with
+//! the full object or patch it writes; the status the set should show; the
+//! Events to record; and when to look again. The operator executes plans,
+//! `disagg render` prints the children a plan creates for a set with no
+//! children, and the benchmark times it; what is rendered is what is applied.
+//!
+//! Only one thing is decided after the writes: a write the API server refuses
+//! is reported by [`Plan::after_writes`] (the `ReplicaFailure` condition and a
+//! `FailedWrite` Event), since only the executor learns of it.
+
+use crate::bindings::{self, Bound, DefaultBinding, Failure};
+use crate::execute::{self, Action, Child, Decision, SliceState, Target, target_for};
+use crate::plugins::{GateRequest, PluginError, Plugins, RoleStep, Violation};
+use crate::render::{is_controlled_by, owner_reference, render_child};
+use crate::revision::revision;
+use crate::status::{self, Hold, Observation, conditions};
+use crate::text::truncate;
+use disagg_api::keys;
+use disagg_api::lws::LeaderWorkerSet;
+use disagg_api::scaler::{DisaggregatedSetRoleScaler, DisaggregatedSetRoleScalerSpec};
+use disagg_api::set::{DisaggregatedSet, DisaggregatedSetStatus, PluginBinding, PluginStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+mod report;
+mod rollout;
+mod scalers;
+mod write;
+
+use report::*;
+use rollout::*;
+use scalers::*;
+pub use write::*;
+
+/// How often a set mid-rollout is looked at again without any change (for
+/// `progressDeadlineSeconds`); changes to its children wake it sooner.
+const ROLLING_RECHECK: Duration = Duration::from_secs(15);
+/// A periodic resync of a settled set.
+const STEADY_RECHECK: Duration = Duration::from_secs(300);
+/// A plugin load that has run this long is shown on the sets waiting for it.
+const REPORT_LOADING_AFTER: Duration = Duration::from_secs(2);
+/// How soon a set waiting for a plugin to compile is looked at again.
+const LOADING_RECHECK: Duration = Duration::from_millis(500);
+/// How soon a plugin that could not be asked (busy, compiling) is asked again.
+const RETRY_RECHECK: Duration = Duration::from_secs(1);
+
+/// What the decide step looks at.
+pub struct Observed<'a> {
+    pub set: &'a DisaggregatedSet,
+    /// The LeaderWorkerSets labelled with the set's name (others' included:
+    /// the set never touches a child it does not control).
+    pub children: &'a [LeaderWorkerSet],
+    /// The DisaggregatedSetRoleScalers labelled with the set's name.
+    pub scalers: &'a [DisaggregatedSetRoleScaler],
+    /// The operator's own bindings (`--default-plugins`).
+    pub defaults: &'a [DefaultBinding],
+    pub plugins: &'a dyn Plugins,
+    pub now: Timestamp,
+}
+
+/// What the decide step concluded about a set.
+#[derive(Debug)]
+pub struct Plan {
+    /// In the order they must be made.
+    pub writes: Vec<Planned>,
+    /// The status the set should show (`None`: the set is being deleted).
+    pub status: Option<DisaggregatedSetStatus>,
+    pub events: Vec<Event>,
+    /// When to decide again with nothing changed (`None`: only on a change).
+    pub recheck: Option<Duration>,
+    /// What the set asks for (`None` while a bound plugin compiles).
+    pub target: Option<Target>,
+    pub violations: Vec<Violation>,
+    pub failures: Vec<Failure>,
+    /// Plugin failures not on the set's status yet (for metrics), as (plugin, reason).
+    pub new_failures: Vec<(String, &'static str)>,
+    /// The status the set had.
+    previous: Option<DisaggregatedSetStatus>,
+    generation: Option<i64>,
+    now: Time,
+}
+
+impl Plan {
+    /// The status to write, when it differs from the set's (ignoring the
+    /// order of conditions).
+    pub fn status_update(&self) -> Option<&DisaggregatedSetStatus> {
+        let next = self.status.as_ref()?;
+        let Some(previous) = &self.previous else {
+            return Some(next);
+        };
+        let sorted = |s: &DisaggregatedSetStatus| {
+            let mut s = s.clone();
+            s.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+            s
+        };
+        (sorted(previous) != sorted(next)).then_some(next)
+    }
+
+    /// The children the plan creates, in order.
+    pub fn created_children(&self) -> impl Iterator<Item = &LeaderWorkerSet> {
+        self.writes.iter().filter_map(|p| match &p.write {
+            Write::CreateChild(c) => Some(c.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// Reports child writes the API server refused: `ReplicaFailure=True`
+    /// (like a Deployment's) and a `FailedWrite` Event for each new refusal,
+    /// and a recheck when the soonest backoff ends.
+    pub fn after_writes(&mut self, failures: &[WriteFailure]) {
+        let Some(status) = self.status.as_mut() else {
+            return;
+        };
+        if failures.is_empty() {
+            return;
+        }
+        // No countdown in the message: status changes only when what failed does.
+        let mut list: Vec<&str> = failures.iter().map(|w| w.message.as_str()).collect();
+        list.sort();
+        list.dedup();
+        let previous = self
+            .previous
+            .as_ref()
+            .map(|p| p.conditions.as_slice())
+            .unwrap_or(&[]);
+        status.conditions.push(status::condition(
+            previous,
+            conditions::REPLICA_FAILURE,
+            true,
+            "FailedWrite",
+            truncate(&list.join("; "), 2048),
+            self.generation,
+            &self.now,
+        ));
+        for w in failures.iter().filter(|w| w.new) {
+            self.events.push(Event::warning(
+                "FailedWrite",
+                "Rollout",
+                format!(
+                    "{}; retrying in {} s",
+                    w.message,
+                    w.retry_in.as_secs().max(1)
+                ),
+            ));
+        }
+        let soonest = failures.iter().map(|w| w.retry_in).min();
+        self.recheck = soonest.map(|d| d.max(Duration::from_millis(100)));
+    }
+}
+
+/// Decides the next writes, the status and the Events of one set.
+pub fn decide(o: &Observed<'_>) -> Plan {
+    let set = o.set;
+    let now = Time(o.now);
+    let mut plan = Plan {
+        writes: Vec::new(),
+        status: None,
+        events: Vec::new(),
+        recheck: None,
+        target: None,
+        violations: Vec::new(),
+        failures: Vec::new(),
+        new_failures: Vec::new(),
+        previous: set.status.clone(),
+        generation: set.metadata.generation,
+        now: now.clone(),
+    };
+    if set.metadata.deletion_timestamp.is_some() {
+        // Garbage collection takes the children with the set.
+        return plan;
+    }
+    let effective = bindings::effective(o.defaults, &set.spec.plugins);
+
+    // A bound plugin with no component yet, but one compiling: decide nothing
+    // until it is there (deciding without it would compute another revision).
+    // Loads are short; one that is not shows on the set after a moment.
+    let loading: Vec<(&str, Duration)> = effective
+        .iter()
+        .filter(|b| o.plugins.get(&b.name).is_none())
+        .filter_map(|b| Some((b.name.as_str(), o.plugins.loading_for(&b.name)?)))
+        .collect();
+    if !loading.is_empty() {
+        plan.status = Some(waiting_for(set, &loading, &now));
+        plan.recheck = Some(LOADING_RECHECK);
+        return plan;
+    }
+
+    let uid = set.uid().unwrap_or_default();
+    let children: Vec<Child> = o
+        .children
+        .iter()
+        .filter_map(|l| Child::from_lws(l, &uid))
+        .collect();
+    let (scaler_writes, scaled) = scalers(set, o.scalers, &children);
+    plan.writes.extend(scaler_writes);
+
+    let (bound, mut failures) = bindings::resolve(&effective, o.plugins);
+    let set_json = serde_json::to_string(set).expect("a set serialises");
+    let mut violations = disagg_api::validate::validate(set);
+    violations.extend(bindings::overrides(o.defaults, &set.spec.plugins));
+    violations.extend(scaler_violations(set, &scaled));
+    if violations.is_empty() {
+        let (v, f) = bindings::validate(set, &set_json, &bound);
+        violations.extend(v);
+        failures.extend(f);
+    }
+    let rev = revision(&set.spec, &bindings::template_plugins(&bound));
+    let mut target = target_for(set, &rev, |r| {
+        scaled.get(&r.name).copied().unwrap_or(r.spec.replicas)
+    });
+    let mut decision = None;
+    let mut hold = None;
+    if violations.is_empty() {
+        // Scaling hooks adjust the targets.
+        let observed = observed_replicas(&target, &children);
+        let mut desired: BTreeMap<String, i32> = target
+            .roles
+            .iter()
+            .map(|r| (r.name.clone(), r.replicas))
+            .collect();
+        failures.extend(bindings::scale(
+            set,
+            &set_json,
+            &bound,
+            &mut desired,
+            &observed,
+        ));
+        for r in &mut target.roles {
+            if let Some(d) = desired.get(&r.name) {
+                r.replicas = *d;
+            }
+        }
+        let d = execute::decide(&target, &children);
+        let (held, gate_failures) = gates(set, &bound, &d, &children, &rev, o.now);
+        failures.extend(gate_failures);
+        hold = held;
+        let mut writes = child_writes(set, &set_json, &bound, &d, &children, &rev, hold.is_some());
+        failures.append(&mut writes.failures);
+        let blocked_all = failures.iter().any(|f| f.blocks() && f.role.is_none());
+        let blocked = |scope: &Option<Scope>| {
+            blocked_all
+                || scope.as_ref().is_some_and(|s| {
+                    failures
+                        .iter()
+                        .any(|f| f.blocks() && f.role.as_deref() == Some(&s.role))
+                })
+        };
+        plan.writes
+            .extend(writes.writes.into_iter().filter(|p| !blocked(&p.scope)));
+        decision = Some(d);
+    }
+
+    let mut status = status::compute(&Observation {
+        generation: set.metadata.generation,
+        target: &target,
+        children: &children,
+        decision: decision.as_ref(),
+        violations: &violations,
+        hold: hold.as_ref().map(|(h, _)| h),
+        progress_deadline_seconds: set.spec.progress_deadline_seconds,
+        previous: set.status.as_ref(),
+        now: now.clone(),
+    });
+    status.plugins = plugin_statuses(&effective, o.plugins, &failures);
+    let refused = refusals(&effective, o.plugins);
+    status
+        .conditions
+        .push(plugins_ready(set, &failures, &refused, &now));
+
+    plan.events = events(
+        set,
+        &failures,
+        &violations,
+        hold.as_ref().map(|(h, _)| h),
+        &rev,
+    );
+    let known = |f: &Failure| {
+        set.status.as_ref().is_some_and(|s| {
+            s.plugins
+                .iter()
+                .any(|p| p.name == f.plugin && p.last_error.as_deref() == Some(&f.message))
+        })
+    };
+    plan.new_failures = failures
+        .iter()
+        .filter(|f| !known(f))
+        .map(|f| (f.plugin.clone(), f.reason))
+        .collect();
+    plan.recheck = Some(recheck(
+        set,
+        &status,
+        &failures,
+        hold.as_ref(),
+        decision.as_ref(),
+        &now,
+    ));
+    plan.status = Some(status);
+    plan.target = Some(target);
+    plan.violations = violations;
+    plan.failures = failures;
+    plan
+}
+
+/// When to decide again with nothing changed.
+fn recheck(
+    set: &DisaggregatedSet,
+    status: &DisaggregatedSetStatus,
+    failures: &[Failure],
+    hold: Option<&(Hold, Duration)>,
+    decision: Option<&Decision>,
+    now: &Time,
+) -> Duration {
+    let rolling = decision.is_some_and(|d| d.slices.iter().any(|s| s.rolling()));
+    if failures.iter().any(|f| f.retry) {
+        RETRY_RECHECK
+    } else if let Some((_, recheck)) = hold {
+        (*recheck).max(Duration::from_millis(200))
+    } else if rolling {
+        // Look again when the progress deadline passes, to report Degraded on time.
+        status::until_progress_deadline(status, set.spec.progress_deadline_seconds, now)
+            .map_or(ROLLING_RECHECK, |d| d.min(ROLLING_RECHECK))
+    } else {
+        STEADY_RECHECK
+    }
+}
