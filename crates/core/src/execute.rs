@@ -227,6 +227,97 @@ struct OldRevision<'a> {
 }
 
 fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
+    let Sorted {
+        foreign,
+        new_children,
+        old,
+        mut actions,
+    } = sort(target, children);
+    let plan = |state, roles, position, actions| SlicePlan {
+        slice,
+        state,
+        roles,
+        position,
+        actions,
+    };
+
+    let name_of = |role: &str| child_name(&target.set_name, slice, &target.revision, role);
+    if let Some(name) = target
+        .roles
+        .iter()
+        .map(|r| name_of(&r.name))
+        .find(|n| foreign.contains(n.as_str()))
+    {
+        let roles = progress_now(target, &new_children, &old);
+        return plan(SliceState::Blocked { name }, roles, (0, 0), actions);
+    }
+
+    if old.is_empty() {
+        actions.extend(steady_actions(target, slice, &new_children));
+        let mut roles = progress_now(target, &new_children, &old);
+        for p in &mut roles {
+            p.next_new = p.target;
+        }
+        return plan(SliceState::Steady, roles, (0, 0), actions);
+    }
+
+    // A rollout. First make sure it knows where it began.
+    let bookkeeping = initial_replicas_bookkeeping(&old, &new_children);
+    if !bookkeeping.is_empty() {
+        actions.extend(bookkeeping);
+        let roles = progress_now(target, &new_children, &old);
+        return plan(SliceState::RecordingRollout, roles, (0, 0), actions);
+    }
+
+    let mut roles = progress_now(target, &new_children, &old);
+    let inputs = planner_inputs(target, &roles);
+    let position = plan::position(&inputs);
+    let not_ready: Vec<String> = new_children
+        .values()
+        .filter(|c| !c.is_ready())
+        .map(|c| c.name.clone())
+        .collect();
+    if !not_ready.is_empty() {
+        return plan(
+            SliceState::WaitingForReady { not_ready },
+            roles,
+            position,
+            actions,
+        );
+    }
+
+    let (next_old, next_new) = match next_step(&inputs) {
+        Step::Next { old, new } => (old, new),
+        // Done with old replicas left can only mean nothing was planned for
+        // them (no old replicas at the start): drain them.
+        Step::Done => (vec![0; roles.len()], roles.iter().map(|p| p.new).collect()),
+        Step::Stuck => return plan(SliceState::Stuck, roles, position, actions),
+    };
+    actions.extend(step_actions(
+        slice,
+        &mut roles,
+        &inputs,
+        &new_children,
+        &old,
+        &next_old,
+        &next_new,
+    ));
+    plan(SliceState::Stepping, roles, position, actions)
+}
+
+/// A slice's children, sorted out.
+struct Sorted<'a> {
+    /// Names held by children this set does not control.
+    foreign: BTreeSet<&'a str>,
+    /// The target revision's children, by role.
+    new_children: BTreeMap<&'a str, &'a Child>,
+    /// Old revisions with replicas left, newest first (it is drained first).
+    old: Vec<OldRevision<'a>>,
+    /// Deletions: old revisions at 0, children of the target revision for no role.
+    actions: Vec<Action>,
+}
+
+fn sort<'a>(target: &Target, children: &[&'a Child]) -> Sorted<'a> {
     let mut actions = Vec::new();
     let foreign: BTreeSet<&str> = children
         .iter()
@@ -237,7 +328,6 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
     let owned = children.iter().copied().filter(|c| {
         c.owned && c.name == child_name(&target.set_name, c.slice, &c.revision, &c.role)
     });
-
     let target_roles: BTreeSet<&str> = target.roles.iter().map(|r| r.name.as_str()).collect();
     let mut new_children: BTreeMap<&str, &Child> = BTreeMap::new();
     let mut old_by_rev: BTreeMap<&str, Vec<&Child>> = BTreeMap::new();
@@ -255,7 +345,6 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
             old_by_rev.entry(&c.revision).or_default().push(c);
         }
     }
-
     // Old revisions whose roles are all at 0 are done with: delete them.
     let mut old: Vec<OldRevision> = Vec::new();
     for (revision, kids) in old_by_rev {
@@ -272,77 +361,52 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
             });
         }
     }
-    // Newest first: it is drained first.
     old.sort_by(|a, b| b.created.cmp(&a.created).then(b.revision.cmp(a.revision)));
-
-    let name_of = |role: &str| child_name(&target.set_name, slice, &target.revision, role);
-    if let Some(name) = target
-        .roles
-        .iter()
-        .map(|r| name_of(&r.name))
-        .find(|n| foreign.contains(n.as_str()))
-    {
-        return SlicePlan {
-            slice,
-            state: SliceState::Blocked { name },
-            roles: progress_now(target, &new_children, &old),
-            position: (0, 0),
-            actions,
-        };
+    Sorted {
+        foreign,
+        new_children,
+        old,
+        actions,
     }
+}
 
-    if old.is_empty() {
-        for r in &target.roles {
-            match new_children.get(r.name.as_str()) {
-                None => actions.push(Action::Create {
-                    slice,
-                    role: r.name.clone(),
-                    replicas: r.replicas,
-                }),
-                Some(c) => {
-                    if c.initial_replicas.is_some() {
-                        actions.push(Action::SetInitialReplicas {
-                            name: c.name.clone(),
-                            value: None,
-                        });
-                    }
-                    if c.replicas != r.replicas {
-                        actions.push(Action::Scale {
-                            name: c.name.clone(),
-                            replicas: r.replicas,
-                        });
-                    }
+/// With no old revision: missing children are created, the others scaled
+/// to their targets directly, and a leftover `initial-replicas` removed.
+fn steady_actions(
+    target: &Target,
+    slice: i32,
+    new_children: &BTreeMap<&str, &Child>,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for r in &target.roles {
+        match new_children.get(r.name.as_str()) {
+            None => actions.push(Action::Create {
+                slice,
+                role: r.name.clone(),
+                replicas: r.replicas,
+            }),
+            Some(c) => {
+                if c.initial_replicas.is_some() {
+                    actions.push(Action::SetInitialReplicas {
+                        name: c.name.clone(),
+                        value: None,
+                    });
+                }
+                if c.replicas != r.replicas {
+                    actions.push(Action::Scale {
+                        name: c.name.clone(),
+                        replicas: r.replicas,
+                    });
                 }
             }
         }
-        let mut roles = progress_now(target, &new_children, &old);
-        for p in &mut roles {
-            p.next_new = p.target;
-        }
-        return SlicePlan {
-            slice,
-            state: SliceState::Steady,
-            roles,
-            position: (0, 0),
-            actions,
-        };
     }
+    actions
+}
 
-    // A rollout. First make sure it knows where it began.
-    let bookkeeping = initial_replicas_bookkeeping(&old, &new_children);
-    if !bookkeeping.is_empty() {
-        actions.extend(bookkeeping);
-        return SlicePlan {
-            slice,
-            state: SliceState::RecordingRollout,
-            roles: progress_now(target, &new_children, &old),
-            position: (0, 0),
-            actions,
-        };
-    }
-
-    let mut roles = progress_now(target, &new_children, &old);
-    let inputs: Vec<RoleState> = roles
+/// The planner's view of each role.
+fn planner_inputs(target: &Target, roles: &[RoleProgress]) -> Vec<RoleState> {
+    roles
         .iter()
         .map(|p| {
             let budget = target
@@ -359,52 +423,34 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
                 max_unavailable: budget.max_unavailable,
             }
         })
-        .collect();
-    let position = plan::position(&inputs);
-    let not_ready: Vec<String> = new_children
-        .values()
-        .filter(|c| !c.is_ready())
-        .map(|c| c.name.clone())
-        .collect();
-    if !not_ready.is_empty() {
-        return SlicePlan {
-            slice,
-            state: SliceState::WaitingForReady { not_ready },
-            roles,
-            position,
-            actions,
-        };
-    }
+        .collect()
+}
 
-    let (next_old, next_new) = match next_step(&inputs) {
-        Step::Next { old, new } => (old, new),
-        // Done with old replicas left can only mean nothing was planned for
-        // them (no old replicas at the start): drain them.
-        Step::Done => (vec![0; roles.len()], roles.iter().map(|p| p.new).collect()),
-        Step::Stuck => {
-            return SlicePlan {
-                slice,
-                state: SliceState::Stuck,
-                roles,
-                position,
-                actions,
-            };
-        }
-    };
-
-    // New side first (scale-up before scale-down keeps capacity), except for a
-    // role whose scale-up would, before its drain lands, exceed target +
-    // maxSurge (a forced drain, rule 6): its drain goes first, so that every
-    // state the API shows between two writes stays within the surge bound.
+/// The writes of one planner step, in the order that keeps the bounds, with
+/// `roles`' next numbers filled in.
+///
+/// New side first (scale-up before scale-down keeps capacity), except for a
+/// role whose scale-up would, before its drain lands, exceed target +
+/// maxSurge (a forced drain, rule 6): its drain goes first, so that every
+/// state the API shows between two writes stays within the surge bound.
+fn step_actions(
+    slice: i32,
+    roles: &mut [RoleProgress],
+    inputs: &[RoleState],
+    new_children: &BTreeMap<&str, &Child>,
+    old: &[OldRevision<'_>],
+    next_old: &[i32],
+    next_new: &[i32],
+) -> Vec<Action> {
     let drain_first: Vec<String> = roles
         .iter()
-        .zip(&inputs)
-        .zip(&next_new)
+        .zip(inputs)
+        .zip(next_new)
         .filter(|((p, i), n)| **n > p.new && p.old + **n > i.target + i.max_surge)
         .map(|((p, _), _)| p.name.clone())
         .collect();
     let mut scale_ups = Vec::new();
-    for (p, &n) in roles.iter_mut().zip(&next_new) {
+    for (p, &n) in roles.iter_mut().zip(next_new) {
         p.next_new = n;
         if n == p.new {
             continue;
@@ -421,8 +467,8 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
             }),
         }
     }
-    let drains = drain_newest_first(&old, &roles, &next_old);
-    for p in &mut roles {
+    let drains = drain_newest_first(old, roles, next_old);
+    for p in roles.iter_mut() {
         p.next_old = drains
             .iter()
             .filter(|(c, _)| c.role == p.name)
@@ -440,16 +486,10 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
             (drain_first.contains(&c.role), action)
         })
         .partition(|(early, _)| *early);
-    actions.extend(early.into_iter().map(|(_, a)| a));
+    let mut actions: Vec<Action> = early.into_iter().map(|(_, a)| a).collect();
     actions.extend(scale_ups);
     actions.extend(late.into_iter().map(|(_, a)| a));
-    SlicePlan {
-        slice,
-        state: SliceState::Stepping,
-        roles,
-        position,
-        actions,
-    }
+    actions
 }
 
 /// When a rollout starts, or an old revision joins one (A→B→C), every old
