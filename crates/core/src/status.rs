@@ -42,42 +42,11 @@ pub struct Observation<'a> {
 /// Computes the set's status.
 pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
     use conditions::*;
-    let owned = || o.children.iter().filter(|c| c.owned);
-    let role_statuses: Vec<RoleStatus> = o
-        .target
-        .roles
-        .iter()
-        .map(|r| {
-            let of_role = owned().filter(|c| c.role == r.name && c.slice < o.target.slices);
-            RoleStatus {
-                name: r.name.clone(),
-                replicas: of_role.clone().map(|c| c.status_replicas).sum(),
-                ready_replicas: of_role.clone().map(|c| c.ready_replicas).sum(),
-                updated_replicas: of_role
-                    .filter(|c| c.revision == o.target.revision)
-                    .map(|c| c.status_replicas)
-                    .sum(),
-            }
-        })
-        .collect();
-
+    let role_statuses = role_statuses(o);
     let rolling = o
         .decision
         .is_some_and(|d| d.slices.iter().any(|s| s.rolling()));
-    let all_ready = o.target.roles.iter().all(|r| {
-        (0..o.target.slices).all(|s| {
-            owned().any(|c| {
-                c.slice == s
-                    && c.role == r.name
-                    && c.revision == o.target.revision
-                    && c.replicas == r.replicas
-                    && c.ready_replicas == r.replicas
-                    && c.status_replicas == r.replicas
-            })
-        })
-    }) && !owned()
-        .any(|c| c.revision != o.target.revision || c.slice >= o.target.slices);
-    let available = o.violations.is_empty() && !rolling && all_ready;
+    let available = o.violations.is_empty() && !rolling && all_ready(o);
 
     let previous = o.previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
     let mut conds = Vec::new();
@@ -100,18 +69,9 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
         set(VALID, false, "Invalid", messages.join("; "));
     }
     if available {
-        set(
-            AVAILABLE,
-            true,
-            "AllRolesReady",
-            "every role is ready at the target revision".into(),
-        );
-        set(
-            PROGRESSING,
-            false,
-            "AllRolesReady",
-            "every role is ready at the target revision".into(),
-        );
+        let why = "every role is ready at the target revision";
+        set(AVAILABLE, true, "AllRolesReady", why.into());
+        set(PROGRESSING, false, "AllRolesReady", why.into());
     } else {
         let why = if rolling {
             format!("rolling out revision {}", o.target.revision)
@@ -146,37 +106,15 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
         last_progress_time: last_progress.clone(),
         ..r
     });
-
-    let problem = o.decision.and_then(|d| {
-        d.slices.iter().find_map(|s| match &s.state {
-            SliceState::Blocked { name } => Some((
-                "ChildNameTaken",
-                format!("slice {}: LeaderWorkerSet {name} exists but is not controlled by this set; delete or rename it", s.slice),
-            )),
-            SliceState::Stuck => Some((
-                "NoSafeStep",
-                format!("slice {}: the planner found no step that keeps every role within maxSurge/maxUnavailable", s.slice),
-            )),
-            _ => None,
-        })
-    });
-    let stalled = match (o.progress_deadline_seconds, &last_progress) {
-        (Some(limit), Some(since)) => {
-            let held = o.now.0.as_second() - since.0.as_second();
-            (held > i64::from(limit)).then(|| {
-                format!("no rollout progress for {held}s, over progressDeadlineSeconds ({limit}s)")
-            })
-        }
-        _ => None,
-    };
-    match (problem, stalled) {
-        (Some((reason, message)), _) => set(DEGRADED, true, reason, message),
-        (None, Some(message)) => set(DEGRADED, true, "ProgressDeadlineExceeded", message),
-        (None, None) => set(DEGRADED, false, "AsExpected", "no problem found".into()),
+    match degraded(o, last_progress.as_ref()) {
+        Some((reason, message)) => set(DEGRADED, true, reason, message),
+        None => set(DEGRADED, false, "AsExpected", "no problem found".into()),
     }
 
-    let current_revision = owned()
-        .filter(|c| c.revision != o.target.revision)
+    let current_revision = o
+        .children
+        .iter()
+        .filter(|c| c.owned && c.revision != o.target.revision)
         .min_by_key(|c| (c.created, c.revision.clone()))
         .map(|c| c.revision.clone())
         .or_else(|| Some(o.target.revision.clone()));
@@ -204,6 +142,76 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
         plugins: o.previous.map(|p| p.plugins.clone()).unwrap_or_default(),
         roles_ready: Some(roles_ready),
     }
+}
+
+/// Per role in spec order: sums over the set's slices and revisions
+/// (`updatedReplicas` over the target revision only).
+fn role_statuses(o: &Observation<'_>) -> Vec<RoleStatus> {
+    o.target
+        .roles
+        .iter()
+        .map(|r| {
+            let of_role = o
+                .children
+                .iter()
+                .filter(|c| c.owned && c.role == r.name && c.slice < o.target.slices);
+            RoleStatus {
+                name: r.name.clone(),
+                replicas: of_role.clone().map(|c| c.status_replicas).sum(),
+                ready_replicas: of_role.clone().map(|c| c.ready_replicas).sum(),
+                updated_replicas: of_role
+                    .filter(|c| c.revision == o.target.revision)
+                    .map(|c| c.status_replicas)
+                    .sum(),
+            }
+        })
+        .collect()
+}
+
+/// Every role of every slice has one child at the target revision, at its
+/// target size and all ready, and nothing else is left.
+fn all_ready(o: &Observation<'_>) -> bool {
+    let owned = || o.children.iter().filter(|c| c.owned);
+    o.target.roles.iter().all(|r| {
+        (0..o.target.slices).all(|s| {
+            owned().any(|c| {
+                c.slice == s
+                    && c.role == r.name
+                    && c.revision == o.target.revision
+                    && c.replicas == r.replicas
+                    && c.ready_replicas == r.replicas
+                    && c.status_replicas == r.replicas
+            })
+        })
+    }) && !owned().any(|c| c.revision != o.target.revision || c.slice >= o.target.slices)
+}
+
+/// Why the set is `Degraded`, if it is: a slice that cannot go on, or a
+/// rollout past its progress deadline.
+fn degraded(o: &Observation<'_>, last_progress: Option<&Time>) -> Option<(&'static str, String)> {
+    let problem = o.decision.and_then(|d| {
+        d.slices.iter().find_map(|s| match &s.state {
+            SliceState::Blocked { name } => Some((
+                "ChildNameTaken",
+                format!("slice {}: LeaderWorkerSet {name} exists but is not controlled by this set; delete or rename it", s.slice),
+            )),
+            SliceState::Stuck => Some((
+                "NoSafeStep",
+                format!("slice {}: the planner found no step that keeps every role within maxSurge/maxUnavailable", s.slice),
+            )),
+            _ => None,
+        })
+    });
+    problem.or_else(|| {
+        let (limit, since) = (o.progress_deadline_seconds?, last_progress?);
+        let held = o.now.0.as_second() - since.0.as_second();
+        (held > i64::from(limit)).then(|| {
+            (
+                "ProgressDeadlineExceeded",
+                format!("no rollout progress for {held}s, over progressDeadlineSeconds ({limit}s)"),
+            )
+        })
+    })
 }
 
 fn rollout_status(o: &Observation<'_>, d: &Decision) -> RolloutStatus {
