@@ -7,6 +7,7 @@ mod bad_input;
 mod common;
 mod faults;
 mod harness;
+mod lifecycle;
 mod plugins;
 mod rollouts;
 mod trust;

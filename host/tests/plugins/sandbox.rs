@@ -1,0 +1,458 @@
+//! The sandbox: hostile and hand-made components against every limit.
+
+use super::*;
+
+#[test]
+fn calling_a_hook_a_plugin_does_not_implement_is_an_error() {
+    let rt = runtime();
+    let p = load(&rt, "ratio-scaler");
+    let err = p.gate_step(&gate_input(json!({}), 0, &[], 0)).unwrap_err();
+    assert_eq!(err.reason(), "PluginHookMissing");
+}
+
+/// Runs the hostile plugin's `patch-role` in `mode`: its error and how long it took.
+fn misbehave(
+    hostile: &disagg::plugin::LoadedPlugin,
+    base: &PatchRequest,
+    mode: &str,
+) -> (PluginError, Duration) {
+    let input = PatchRequest {
+        config: json!({"mode": mode}).to_string(),
+        ..base.clone()
+    };
+    let started = Instant::now();
+    let err = hostile.patch_role(&input).unwrap_err();
+    (err, started.elapsed())
+}
+
+/// Each hostile behaviour gives its typed error within its limit, and a
+/// healthy plugin still works right after.
+#[test]
+fn hostile_plugins_fail_with_typed_errors_and_do_not_poison_the_runtime() {
+    // A longer deadline than the default 100 ms, so that the memory bomb and
+    // the floods reach their own limits first even on a loaded machine.
+    let rt = Runtime::new(Limits {
+        deadline: Duration::from_millis(500),
+        ..Limits::default()
+    })
+    .unwrap();
+    let hostile = load(&rt, "hostile");
+    let healthy = load(&rt, "ratio-scaler");
+    let cfg = json!({"role": "decode", "of": "prefill", "ratio": 2});
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
+    for (mode, reason, max) in [
+        ("loop", "PluginTimeout", Duration::from_millis(1500)),
+        ("trap", "PluginTrapped", Duration::from_millis(600)),
+        ("oom", "PluginOutOfMemory", Duration::from_secs(2)),
+        ("flood", "PluginOutputTooLarge", Duration::from_secs(2)),
+        ("big-output", "PluginOutputTooLarge", Duration::from_secs(2)),
+    ] {
+        let (err, took) = misbehave(&hostile, &base, mode);
+        assert_eq!(err.reason(), reason, "{mode}: {err}");
+        assert!(err.to_string().contains("plugin hostile"), "{err}");
+        assert!(took < max, "{mode} took {took:?}");
+        assert_eq!(
+            scale(&healthy, "decode", 2, cfg.clone()).unwrap(),
+            Some(4),
+            "after {mode}"
+        );
+    }
+    // The trap carries the plugin's own panic message.
+    let input = PatchRequest {
+        config: json!({"mode": "trap"}).to_string(),
+        ..base.clone()
+    };
+    let err = hostile.patch_role(&input).unwrap_err().to_string();
+    assert!(err.contains("panics on purpose"), "{err}");
+    // A patch that is JSON but not a patch is refused when applied.
+    let input = PatchRequest {
+        config: json!({"mode": "garbage"}).to_string(),
+        ..base.clone()
+    };
+    let patch = hostile.patch_role(&input).unwrap();
+    assert!(matches!(patch, LwsPatch::Json(_)));
+    let (lws, _) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
+    assert!(
+        apply(&lws, &patch)
+            .unwrap_err()
+            .contains("not an RFC 6902 JSON patch")
+    );
+    // A gate that always holds is not an error: the hold is the answer.
+    let timeout = hostile.gate_step(&GateRequest {
+        config: json!({"mode": "loop"}).to_string(),
+        ..gate_input(json!({}), 0, &[], 0)
+    });
+    assert_eq!(timeout.unwrap_err().reason(), "PluginTimeout");
+}
+
+#[test]
+fn components_the_host_cannot_serve_are_rejected_at_load() {
+    let rt = runtime();
+    match rt.load("future", &read(&component("wrong-version"))) {
+        Err(PluginError::IncompatibleVersion {
+            found, supported, ..
+        }) => {
+            assert_eq!(found, "disaggregatedset:plugin/hooks@0.2.0");
+            assert_eq!(
+                supported,
+                vec!["disaggregatedset:plugin/hooks@0.1.0".to_string()]
+            );
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    let err = rt
+        .load("sneaky", &read(&component("bad-import")))
+        .err()
+        .unwrap();
+    assert_eq!(err.reason(), "PluginInvalid");
+    assert!(err.to_string().contains("evil:net/socket"), "{err}");
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let err = rt.load("noise", &noise).err().unwrap();
+    assert_eq!(err.reason(), "PluginInvalid");
+    // The runtime still serves good components after all that.
+    load(&rt, "rollout-gate");
+}
+
+#[test]
+fn gzip_components_load_with_the_digest_of_their_contents() {
+    use std::io::Write;
+    let rt = runtime();
+    let bytes = read(&component("rollout-gate"));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&bytes).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < bytes.len());
+    let a = rt.load("rollout-gate", &bytes).unwrap();
+    let b = rt.load("rollout-gate", &gz).unwrap();
+    assert_eq!(a.digest, b.digest);
+    assert_eq!(Runtime::digest(&gz).unwrap(), a.digest);
+}
+
+#[test]
+fn deadlines_are_configurable() {
+    let rt = Runtime::new(Limits {
+        deadline: Duration::from_millis(20),
+        ..Limits::default()
+    })
+    .unwrap();
+    let hostile = load(&rt, "hostile");
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "loop"}));
+    let started = Instant::now();
+    let err = hostile.patch_role(&base).unwrap_err();
+    assert!(
+        matches!(err, PluginError::Timeout { limit_ms: 20, .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(300));
+}
+
+/// What an ordinary author might write — a sleep, a clock loop, a read of
+/// stdin, `exit` — never stalls the caller: the call returns within its
+/// deadline and a small margin, as a typed error, and the runtime goes on.
+#[test]
+fn guests_blocked_in_host_calls_are_abandoned_at_the_deadline() {
+    let rt = runtime();
+    let hostile = load(&rt, "hostile");
+    let healthy = load(&rt, "ratio-scaler");
+    let deadline = rt.limits().deadline;
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
+    for (mode, reason) in [
+        ("sleep", "PluginTimeout"),
+        ("clock-spin", "PluginTimeout"),
+        ("stdin", "PluginTimeout"),
+        ("exit", "PluginTrapped"),
+    ] {
+        let (err, took) = misbehave(&hostile, &base, mode);
+        assert_eq!(err.reason(), reason, "{mode}: {err}");
+        assert!(
+            took < deadline + Duration::from_millis(150),
+            "{mode} returned after {took:?}"
+        );
+        let cfg = json!({"role": "decode", "of": "prefill", "ratio": 2});
+        assert_eq!(scale(&healthy, "decode", 2, cfg).unwrap(), Some(4));
+    }
+    let input = PatchRequest {
+        config: json!({"mode": "exit"}).to_string(),
+        ..base.clone()
+    };
+    let err = hostile.patch_role(&input).unwrap_err().to_string();
+    assert!(err.contains("called exit"), "{err}");
+    // A sleeping gate, the case that used to stall a set forever.
+    let started = Instant::now();
+    let err = hostile
+        .gate_step(&GateRequest {
+            config: json!({"mode": "sleep"}).to_string(),
+            ..gate_input(json!({}), 0, &[], 0)
+        })
+        .unwrap_err();
+    assert_eq!(err.reason(), "PluginTimeout");
+    assert!(started.elapsed() < deadline + Duration::from_millis(150));
+}
+
+/// A runtime with `slots` call slots, every one taken by a hostile call
+/// sleeping towards its 800 ms deadline (each thread answers its error's reason).
+fn slots_taken(
+    slots: usize,
+    slot_wait: Duration,
+) -> (
+    Arc<disagg::plugin::LoadedPlugin>,
+    Vec<std::thread::JoinHandle<&'static str>>,
+) {
+    let rt = Runtime::new(Limits {
+        deadline: Duration::from_millis(800),
+        concurrent_calls: slots,
+        slot_wait,
+        ..Limits::default()
+    })
+    .unwrap();
+    let hostile = load(&rt, "hostile");
+    let (_, sleeper) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
+    let sleepers = (0..slots)
+        .map(|_| {
+            let (hostile, input) = (hostile.clone(), sleeper.clone());
+            std::thread::spawn(move || hostile.patch_role(&input).unwrap_err().reason())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    (hostile, sleepers)
+}
+
+/// Calls from every caller share one bound; a call that finds every slot
+/// taken for `slot_wait` is `PluginBusy` — retryable, never run half-way.
+#[test]
+fn calls_beyond_the_slots_wait_and_then_report_busy() {
+    let (hostile, sleepers) = slots_taken(2, Duration::from_millis(200));
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
+    let started = Instant::now();
+    let err = hostile.patch_role(&base).unwrap_err();
+    assert_eq!(err.reason(), "PluginBusy", "{err}");
+    assert!(err.retryable());
+    assert!(err.to_string().contains("all 2 plugin call slots"), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(600));
+    for s in sleepers {
+        assert_eq!(s.join().unwrap(), "PluginTimeout");
+    }
+    // Slots come back when calls end.
+    let ok = PatchRequest {
+        config: "{}".into(),
+        ..base
+    };
+    assert!(hostile.patch_role(&ok).is_ok());
+}
+
+/// Loading is bounded: a component over the size limit (raw, or a gzip bomb)
+/// is refused without being inflated, a compile past its deadline is refused,
+/// and compiled components nobody holds are freed.
+#[test]
+fn loading_is_bounded_in_size_and_time_and_unused_components_are_freed() {
+    use std::io::Write;
+    let rt = runtime();
+    let max = rt.limits().component_bytes;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![0u8; 64 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "a bomb fits in a ConfigMap");
+    for bytes in [bomb, vec![0u8; max + 1]] {
+        let err = rt.load("big", &bytes).err().unwrap();
+        assert_eq!(err.reason(), "PluginInvalid");
+        assert!(err.to_string().contains("4096 KiB limit"), "{err}");
+    }
+
+    let slow = Runtime::new(Limits {
+        compile_deadline: Duration::from_millis(1),
+        ..Limits::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    let err = slow
+        .load("role-profile", &read(&component("role-profile")))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("compiling it took longer"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    let gate = load(&rt, "rollout-gate");
+    let scaler = load(&rt, "ratio-scaler");
+    assert_eq!(rt.compiled_count(), 2);
+    drop(gate);
+    assert_eq!(rt.compiled_count(), 1);
+    drop(scaler);
+    assert_eq!(rt.compiled_count(), 0);
+}
+
+#[test]
+fn the_observer_sees_every_hook_call_with_its_outcome() {
+    use std::sync::Mutex;
+    let rt = runtime();
+    let seen: Arc<Mutex<Vec<(String, disagg::plugin::Hook, bool)>>> = Arc::default();
+    let sink = seen.clone();
+    rt.observe(Box::new(move |plugin, hook, took, error| {
+        assert!(took > std::time::Duration::ZERO);
+        sink.lock()
+            .unwrap()
+            .push((plugin.to_string(), hook, error.is_some()));
+    }));
+    let gate = load(&rt, "rollout-gate");
+    gate.gate_step(&gate_input(serde_json::json!({}), 0, &[], 0))
+        .unwrap();
+    gate.gate_step(&gate_input(serde_json::json!({"nonsense": 1}), 0, &[], 0))
+        .unwrap_err();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (
+                "rollout-gate".to_string(),
+                disagg::plugin::Hook::GateStep,
+                false
+            ),
+            (
+                "rollout-gate".to_string(),
+                disagg::plugin::Hook::GateStep,
+                true
+            ),
+        ]
+    );
+}
+
+/// The memory cap holds for the whole component: two memories of 40 MiB
+/// each fit a 64 MiB cap one by one, not together.
+#[test]
+fn the_memory_cap_counts_every_memory_of_the_component() {
+    let rt = runtime();
+    let grow = |memory: &str| {
+        format!(
+            "(if (i32.eq (memory.grow {memory} (i32.const 640)) (i32.const -1)) (then unreachable))"
+        )
+    };
+    let (_, input) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
+    // One memory of 40 MiB is within the cap, and the hand-made ABI works.
+    let single = rt
+        .load("single", &handmade_component(false, &grow("$m0"), ""))
+        .unwrap();
+    assert_eq!(single.info.name, "handmade");
+    assert_eq!(single.patch_role(&input).unwrap(), LwsPatch::None);
+    // 40 MiB in each of two memories: 80 MiB over all, refused.
+    let body = format!("{} {}", grow("$m1"), grow("$m0"));
+    let double = rt
+        .load("double", &handmade_component(true, &body, ""))
+        .unwrap();
+    let err = double.patch_role(&input).unwrap_err();
+    assert_eq!(err.reason(), "PluginOutOfMemory", "{err}");
+    // Either memory alone still fits.
+    let one = rt
+        .load("one", &handmade_component(true, &grow("$m1"), ""))
+        .unwrap();
+    assert_eq!(one.patch_role(&input).unwrap(), LwsPatch::None);
+}
+
+/// A component within the size limit but slow to compile (one huge function:
+/// about 2 s of Cranelift here) is refused at the compile deadline, and
+/// another plugin loading meanwhile on another thread is not held up by it.
+#[test]
+fn a_compile_bomb_is_refused_at_its_deadline_and_holds_up_no_other_load() {
+    let rt = Runtime::new(Limits {
+        compile_deadline: Duration::from_millis(1500),
+        ..Limits::default()
+    })
+    .unwrap();
+    let bomb = common::compile_bomb();
+    assert!(
+        bomb.len() < rt.limits().component_bytes,
+        "{} bytes",
+        bomb.len()
+    );
+    let other = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let started = Instant::now();
+            let loaded = rt.load("rollout-gate", &read(&component("rollout-gate")));
+            (loaded.err().map(|e| e.to_string()), started.elapsed())
+        })
+    };
+    let started = Instant::now();
+    let err = rt.load("bomb", &bomb).err().unwrap();
+    let took = started.elapsed();
+    assert!(
+        err.to_string().contains("compiling it took longer"),
+        "{err}"
+    );
+    assert!(took < Duration::from_millis(2000), "refused after {took:?}");
+    let (error, other_took) = other.join().unwrap();
+    assert_eq!(error, None);
+    eprintln!("bomb refused after {took:?}; the other load took {other_took:?}");
+    assert!(
+        other_took < Duration::from_secs(3),
+        "the other load took {other_took:?}"
+    );
+}
+
+/// Scale advice is held to the replica bound; what a plugin says is cut
+/// before it can reach status.
+#[test]
+fn scale_advice_is_bounded_and_messages_are_truncated() {
+    let rt = runtime();
+    let hostile = load(&rt, "hostile");
+    for (replicas, ok) in [
+        (0, true),
+        (1_000_000, true),
+        (1_000_001, false),
+        (-1, false),
+        (i32::MAX, false),
+    ] {
+        let result = scale(
+            &hostile,
+            "decode",
+            1,
+            json!({"mode": "scale", "replicas": replicas}),
+        );
+        match result {
+            Ok(advice) => assert!(ok && advice == Some(replicas), "{replicas}: {advice:?}"),
+            Err(e) => {
+                assert!(!ok, "{replicas}: {e}");
+                assert_eq!(e.reason(), "PluginBadOutput");
+                assert!(e.to_string().contains("0 to 1000000"), "{e}");
+            }
+        }
+    }
+    // A trap's message (the plugin's panic) is kept short.
+    let (_, base) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "trap"}));
+    let err = hostile.patch_role(&base).unwrap_err().to_string();
+    assert!(err.len() < 4096, "{} bytes", err.len());
+}
+
+/// A plugin that could not be called at all (every slot busy) holds back its
+/// role even under Ignore: no child is ever rendered without its patch.
+#[test]
+fn a_busy_plugin_blocks_its_role_even_under_ignore() {
+    use disagg::api::set::{FailurePolicy, PluginBinding};
+    use disagg::core::bindings::{Bound, patch};
+    let (hostile, sleepers) = slots_taken(1, Duration::from_millis(50));
+    let (lws, _) = patch_input("examples/vllm-pd.yaml", 0, json!({}));
+    let bound = [Bound {
+        binding: PluginBinding {
+            name: "shaper".into(),
+            config: None,
+            roles: None,
+            failure_policy: FailurePolicy::Ignore,
+            digest: None,
+        },
+        plugin: hostile,
+    }];
+    let set =
+        serde_json::to_string(&disagg::input::load_set(&repo("examples/vllm-pd.yaml")).unwrap())
+            .unwrap();
+    let (result, skipped) = patch(&set, &bound, "prefill", 0, "abcd1234", lws);
+    let failure = result.unwrap_err();
+    assert_eq!(failure.reason, "PluginBusy");
+    assert!(failure.blocks() && failure.retry, "{failure:?}");
+    assert!(skipped.is_empty());
+    for s in sleepers {
+        assert_eq!(s.join().unwrap(), "PluginTimeout");
+    }
+}
