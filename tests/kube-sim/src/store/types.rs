@@ -1,0 +1,155 @@
+//! The store's vocabulary: resource ids and facts, errors, watch events, list filters and pages.
+
+use super::*;
+
+/// A resource type, as in the URL: group (empty for core), version, plural.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceId {
+    pub group: String,
+    pub version: String,
+    pub plural: String,
+}
+
+impl ResourceId {
+    pub fn new(group: &str, version: &str, plural: &str) -> Self {
+        ResourceId {
+            group: group.into(),
+            version: version.into(),
+            plural: plural.into(),
+        }
+    }
+}
+
+/// How the store treats a resource type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceInfo {
+    pub kind: String,
+    pub namespaced: bool,
+    /// With a status subresource, the main endpoint ignores `status` and the
+    /// status endpoint ignores everything else.
+    pub status_subresource: bool,
+    /// Discovery's short names (`cm`, `lws`, …).
+    pub short_names: Vec<String>,
+}
+
+/// A failed request, with the API server's status code and reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl StoreError {
+    pub(crate) fn new(code: u16, reason: &'static str, message: String) -> Self {
+        StoreError {
+            code,
+            reason,
+            message,
+        }
+    }
+    pub(crate) fn not_found(kind: &str, name: &str) -> Self {
+        Self::new(404, "NotFound", format!("{kind} \"{name}\" not found"))
+    }
+    pub(crate) fn invalid(message: String) -> Self {
+        Self::new(422, "Invalid", message)
+    }
+    /// The `Status` object the API server would send.
+    pub fn to_status(&self) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.message, "reason": self.reason, "code": self.code})
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as a watch delivers it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchEvent {
+    pub resource: ResourceId,
+    pub namespace: String,
+    pub resource_version: u64,
+    pub kind: EventType,
+    pub object: Value,
+}
+
+/// Which objects a list or watch wants.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// `None`: all namespaces.
+    pub namespace: Option<String>,
+    pub labels: Selector,
+    /// `metadata.name` / `metadata.namespace` equality (`!=` when the flag is false).
+    pub fields: Vec<(String, String, bool)>,
+}
+
+impl Filter {
+    pub fn matches(&self, namespace: &str, object: &Value) -> bool {
+        if self.namespace.as_deref().is_some_and(|n| n != namespace) {
+            return false;
+        }
+        let labels = object["metadata"]["labels"].as_object();
+        self.labels
+            .matches(|k| labels.and_then(|m| m.get(k)).and_then(Value::as_str))
+            && self.fields.iter().all(|(field, want, equal)| {
+                let got = match field.as_str() {
+                    "metadata.name" => object["metadata"]["name"].as_str().unwrap_or_default(),
+                    "metadata.namespace" => namespace,
+                    _ => return false,
+                };
+                (got == want) == *equal
+            })
+    }
+
+    /// Parses `metadata.name=x,metadata.namespace!=y`.
+    pub fn parse_fields(text: &str) -> Result<Vec<(String, String, bool)>, StoreError> {
+        let mut out = Vec::new();
+        for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (field, value, equal) = if let Some((f, v)) = term.split_once("!=") {
+                (f, v, false)
+            } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (f, v, true)
+            } else {
+                return Err(StoreError::new(
+                    400,
+                    "BadRequest",
+                    format!("invalid field selector {term:?}"),
+                ));
+            };
+            if !matches!(field, "metadata.name" | "metadata.namespace") {
+                return Err(StoreError::new(
+                    400,
+                    "BadRequest",
+                    format!("field label not supported: {field}"),
+                ));
+            }
+            out.push((field.to_string(), value.to_string(), equal));
+        }
+        Ok(out)
+    }
+}
+
+/// A page of a list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page {
+    pub items: Vec<Value>,
+    pub resource_version: u64,
+    /// Pass back to get the next page.
+    pub continue_token: Option<String>,
+}
