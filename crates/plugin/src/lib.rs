@@ -8,8 +8,9 @@
 //!
 //! * `runtime`: one wasmtime `Engine` with epoch interruption and the
 //!   pooling allocator; loading (decompress, compile with a deadline, check
-//!   the contract version, `describe`). A component is compiled once per
-//!   digest while anyone holds it ([`Runtime::compiled_count`]).
+//!   the contract version, `describe`). The runtime keeps no components:
+//!   whoever loads one owns it (the controller's registry, by name), and it
+//!   is freed with its last holder ([`Runtime::compiled_count`]).
 //! * `sandbox`: every call gets a fresh `Store` and instance, so a plugin
 //!   that trapped or ran wild cannot affect the next call; each has a
 //!   deadline, a memory cap and an output cap ([`Limits`]); breaking one is

@@ -9,12 +9,19 @@ use crate::sandbox::{Busy, State, root_cause, spawn_ticker};
 use disagg_core::plugins::{Hook, PluginError, PluginInfo};
 use disagg_core::text::truncate;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+impl Drop for LoadedPlugin {
+    fn drop(&mut self) {
+        self.runtime
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 /// A compiled, checked, pre-linked component, ready to be called through
 /// [`disagg_core::plugins::Plugin`].
@@ -32,14 +39,15 @@ pub struct LoadedPlugin {
 }
 
 /// The plugin runtime: one engine, a linker that provides only `host` and
-/// sandboxed WASI, and the compiled components by digest.
+/// sandboxed WASI. It keeps no components: whoever loads one owns it (the
+/// controller's registry, by plugin name), and it is freed when the last
+/// holder — the registry, a decide in flight — lets go.
 pub struct Runtime {
     pub(crate) engine: Engine,
     linker: Linker<State>,
     pub(crate) limits: Limits,
-    /// Compiled components by digest, for as long as someone holds them: a
-    /// component no binding or registry entry references any more is freed.
-    compiled: Mutex<HashMap<String, Weak<LoadedPlugin>>>,
+    /// Loaded components still held by someone.
+    live: std::sync::atomic::AtomicUsize,
     /// The one bound on calls running at once (see [`Limits::concurrent_calls`]).
     pub(crate) slots: tokio::sync::Semaphore,
     /// Drives calls: its timer abandons a call at its deadline even while the
@@ -117,7 +125,7 @@ impl Runtime {
             engine,
             linker,
             limits,
-            compiled: Mutex::new(HashMap::new()),
+            live: Default::default(),
             slots: tokio::sync::Semaphore::new(limits.concurrent_calls),
             executor: Some(executor),
             busy: Arc::default(),
@@ -137,7 +145,7 @@ impl Runtime {
         Ok(sha256(&decompress(bytes, 64 << 20)?))
     }
 
-    /// Compiles (or finds already compiled) and checks a component: it must be
+    /// Compiles and checks a component: it must be
     /// a component exporting `hooks` at a version we serve, import nothing we
     /// do not provide, and answer `describe` within limits. CPU-heavy on first
     /// load, and blocking: call it off the async executor.
@@ -152,11 +160,6 @@ impl Runtime {
         };
         let bytes = decompress(bytes, self.limits.component_bytes).map_err(invalid)?;
         let digest = sha256(&bytes);
-        if let Some(found) = self.cached(&digest)
-            && found.name == name
-        {
-            return Ok(found);
-        }
         let started = Instant::now();
         let component = self.compile(name, bytes.clone())?;
         let compile_time = started.elapsed();
@@ -173,9 +176,10 @@ impl Runtime {
                 root_cause(&e)
             ))
         })?;
+        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut loaded = LoadedPlugin {
             name: name.to_string(),
-            digest: digest.clone(),
+            digest,
             info: PluginInfo {
                 name: String::new(),
                 version: String::new(),
@@ -194,11 +198,7 @@ impl Runtime {
             version: truncate(&info.version, 256),
             hooks: info.hooks,
         };
-        let loaded = Arc::new(loaded);
-        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        compiled.retain(|_, p| p.strong_count() > 0);
-        compiled.insert(digest, Arc::downgrade(&loaded));
-        Ok(loaded)
+        Ok(Arc::new(loaded))
     }
 
     /// Compiles on a thread of its own, giving up after the compile deadline.
@@ -232,22 +232,10 @@ impl Runtime {
         }
     }
 
-    fn cached(&self, digest: &str) -> Option<Arc<LoadedPlugin>> {
-        self.compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-            .and_then(Weak::upgrade)
-    }
-
-    /// Compiled components still held by someone (what the cache keeps alive).
+    /// Loaded components still held by someone: what this runtime's engine
+    /// keeps compiled code for.
     pub fn compiled_count(&self) -> usize {
-        self.compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|p| p.strong_count() > 0)
-            .count()
+        self.live.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sets the observer of hook calls (once; later calls are ignored).
