@@ -204,7 +204,12 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     plan.writes.extend(scaler_writes);
 
     let (bound, mut failures) = bindings::resolve(&effective, o.plugins);
-    let set_json = serde_json::to_string(set).expect("a set serialises");
+    // Plugins see the set as JSON: serialised once per decide, and only when one is bound.
+    let set_json = if bound.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(set).expect("a set serialises")
+    };
     let mut violations = disagg_api::validate::validate(set);
     violations.extend(bindings::overrides(o.defaults, &set.spec.plugins));
     violations.extend(scaler_violations(set, &scaled));
