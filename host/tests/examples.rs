@@ -19,41 +19,22 @@ fn input(
     annotations: &[(&str, &str)],
     config: serde_json::Value,
 ) -> GateRequest {
+    let base = common::gate_request(annotations, config);
+    let mut roles = base.roles.clone();
+    roles.push(RoleStep {
+        name: "decode".into(),
+        old_now: 4,
+        old_next: 4,
+        new_now,
+        new_next,
+        target: 8,
+        ready,
+    });
     GateRequest {
-        set_name: "llm".into(),
-        namespace: "default".into(),
-        labels: vec![],
-        annotations: annotations
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        revision: "abcd1234".into(),
-        slice: 0,
         step,
         total_steps: 3,
-        roles: vec![
-            RoleStep {
-                name: "prefill".into(),
-                old_now: 2,
-                old_next: 2,
-                new_now: 1,
-                new_next: 2,
-                target: 3,
-                ready: true,
-            },
-            RoleStep {
-                name: "decode".into(),
-                old_now: 4,
-                old_next: 4,
-                new_now,
-                new_next,
-                target: 8,
-                ready,
-            },
-        ],
-        held_for_ms: 0,
-        now_ms: 0,
-        config: config.to_string(),
+        roles,
+        ..base
     }
 }
 

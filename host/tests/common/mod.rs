@@ -178,3 +178,37 @@ pub fn compile_bomb() -> Vec<u8> {
             .repeat(380_000);
     handmade_component(false, "", &format!("(func $bomb (param i32) {body})"))
 }
+
+/// A `gate-step` request for set `llm` (revision abcd1234, slice 0) taking
+/// step 2 of 4 with a ready prefill role going 2/1 → 2/2; tests change what
+/// they are about with struct update syntax.
+pub fn gate_request(
+    annotations: &[(&str, &str)],
+    config: serde_json::Value,
+) -> disagg::plugin::GateRequest {
+    disagg::plugin::GateRequest {
+        set_name: "llm".into(),
+        namespace: "default".into(),
+        labels: vec![],
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        revision: "abcd1234".into(),
+        slice: 0,
+        step: 2,
+        total_steps: 4,
+        roles: vec![disagg::plugin::RoleStep {
+            name: "prefill".into(),
+            old_now: 2,
+            old_next: 2,
+            new_now: 1,
+            new_next: 2,
+            target: 3,
+            ready: true,
+        }],
+        held_for_ms: 0,
+        now_ms: 0,
+        config: config.to_string(),
+    }
+}

@@ -13,7 +13,7 @@ use disagg::core::render::render_child;
 use disagg::core::revision::revision;
 use disagg::plugin::{
     GateDecision, GateRequest, Hook, Limits, PatchRequest, Plugin, PluginError, RoleReplicas,
-    RoleStep, Runtime, ScaleRequest,
+    Runtime, ScaleRequest,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -56,29 +56,9 @@ fn gate_input(
     now_ms: u64,
 ) -> GateRequest {
     GateRequest {
-        set_name: "llm".into(),
-        namespace: "default".into(),
-        labels: vec![],
-        annotations: annotations
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        revision: "abcd1234".into(),
-        slice: 0,
-        step: 2,
-        total_steps: 4,
-        roles: vec![RoleStep {
-            name: "prefill".into(),
-            old_now: 2,
-            old_next: 2,
-            new_now: 1,
-            new_next: 2,
-            target: 3,
-            ready: true,
-        }],
         held_for_ms,
         now_ms,
-        config: config.to_string(),
+        ..common::gate_request(annotations, config)
     }
 }
 
