@@ -234,15 +234,18 @@ pub fn table(sets: &[DisaggregatedSet], children: &[LeaderWorkerSet]) -> String 
             .as_ref()
             .map(|r| format!("{}/{}", r.step, r.total_steps))
             .unwrap_or_else(|| "-".into());
-        let held = status
-            .rollout
-            .as_ref()
-            .and_then(|r| {
-                r.held_by
-                    .clone()
-                    .map(|g| format!("{g}: {}", r.hold_reason.clone().unwrap_or_default()))
-            })
-            .unwrap_or_default();
+        // Held by a gate, or held back by a failing or missing plugin.
+        let gate = status.rollout.as_ref().and_then(|r| {
+            r.held_by
+                .clone()
+                .map(|g| format!("{g}: {}", r.hold_reason.clone().unwrap_or_default()))
+        });
+        let plugin = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing" && c.reason == "PluginBlocked")
+            .map(|c| c.message.clone());
+        let held = gate.or(plugin).unwrap_or_default();
         let available = status
             .conditions
             .iter()
@@ -274,4 +277,32 @@ pub fn table(sets: &[DisaggregatedSet], children: &[LeaderWorkerSet]) -> String 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_with(status: serde_json::Value) -> DisaggregatedSet {
+        let mut set: DisaggregatedSet =
+            serde_yaml_ng::from_str(include_str!("../../examples/vllm-pd.yaml")).unwrap();
+        set.status = Some(serde_json::from_value(status).unwrap());
+        set
+    }
+
+    #[test]
+    fn the_held_column_shows_gates_and_plugins_that_hold_a_set_back() {
+        let gated = set_with(serde_json::json!({"rollout": {"step": 0, "totalSteps": 4,
+            "heldBy": "rollout-gate", "holdReason": "waiting for approval of step 1"}}));
+        let blocked = set_with(serde_json::json!({"conditions": [{"type": "Progressing",
+            "status": "True", "reason": "PluginBlocked", "lastTransitionTime": "2026-12-02T00:00:00Z",
+            "message": "changes to role prefill wait for plugins: hostile (patch-role, role prefill, Fail): trapped"}]}));
+        let table = table(&[gated, blocked], &[]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[1].ends_with("rollout-gate: waiting for approval of step 1"),
+            "{table}"
+        );
+        assert!(lines[3].ends_with("changes to role prefill wait for plugins: hostile (patch-role, role prefill, Fail): trapped"), "{table}");
+    }
 }

@@ -88,8 +88,10 @@ pub fn warnings(plan: &Plan) -> String {
 }
 
 /// The rollout from `old` to `new`, per slice, as YAML comments so the
-/// stream stays applyable. Steps are numbered as status counts them: the
-/// starting state is step 0.
+/// stream stays applyable: every state the children pass through, numbered
+/// as status counts steps (`k/T`: k of the schedule's T steps done; a gate
+/// is asked before step k+1). A step that scales up and then drains shows
+/// as two states with one number.
 pub fn rollout_comment(old: &Target, new: &Target) -> String {
     let mut children = simulate::steady_children(old, 0);
     let snapshots = simulate::rollout(new, &mut children, 100_000);
@@ -100,13 +102,14 @@ pub fn rollout_comment(old: &Target, new: &Target) -> String {
     if old.revision == new.revision {
         out.push_str("# same revision: replicas change directly, no rollout\n");
     }
-    for (i, snap) in snapshots.iter().enumerate() {
+    for snap in &snapshots {
         let roles: Vec<String> = snap
             .roles
             .iter()
             .map(|r| format!("{} {}/{}", r.name, r.old, r.new))
             .collect();
-        let _ = writeln!(out, "# step {i}: {}", roles.join(", "));
+        let (k, total) = snap.position;
+        let _ = writeln!(out, "# step {k}/{total}: {}", roles.join(", "));
     }
     out
 }

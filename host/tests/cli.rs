@@ -83,11 +83,22 @@ fn render_with_revision_from_prints_the_rollout() {
         &repo("examples/vllm-pd.yaml"),
     ]));
     let steps: Vec<&str> = out.lines().filter(|l| l.starts_with("# step")).collect();
-    assert_eq!(steps.first(), Some(&"# step 0: prefill 2/0, decode 4/0"));
-    assert_eq!(
-        steps.last().map(|s| s.split(": ").nth(1).unwrap()),
-        Some("prefill 0/2, decode 0/4")
-    );
+    // Numbered as status counts steps: k of T done (T = 4 here: decode's 4
+    // groups one at a time), never going back, ending at T/T.
+    assert_eq!(steps.first(), Some(&"# step 0/4: prefill 2/0, decode 4/0"));
+    assert_eq!(steps.last(), Some(&"# step 4/4: prefill 0/2, decode 0/4"));
+    let numbers: Vec<i32> = steps
+        .iter()
+        .map(|s| {
+            s["# step ".len()..]
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
 }
 
 #[test]

@@ -11,6 +11,8 @@ use super::render::child_name;
 pub struct Snapshot {
     /// Per role, target roles in spec order then removed roles.
     pub roles: Vec<RoleProgress>,
+    /// Where the rollout stands, `(k, T)`: step k of T done, as status shows it.
+    pub position: (i32, i32),
 }
 
 /// The steady children of `target` in every slice, all ready.
@@ -84,6 +86,7 @@ pub fn rollout(target: &Target, children: &mut Vec<Child>, max_passes: usize) ->
         {
             snapshots.push(Snapshot {
                 roles: s.roles.clone(),
+                position: s.position,
             });
         }
         let actions: Vec<Action> = decision.actions().cloned().collect();
@@ -101,11 +104,24 @@ pub fn rollout(target: &Target, children: &mut Vec<Child>, max_passes: usize) ->
                     .last()
                     .is_none_or(|last: &Snapshot| !same_numbers(&last.roles, &s.roles))
             {
+                // Done: every step of the schedule is taken.
+                let total = snapshots.iter().map(|x| x.position.1).max().unwrap_or(0);
+                let position = match s.state {
+                    SliceState::Steady => (total, total),
+                    _ => s.position,
+                };
                 snapshots.push(Snapshot {
                     roles: s.roles.clone(),
+                    position,
                 });
             }
         }
+    }
+    // The first state is recorded before the rollout knows its schedule.
+    let total = snapshots.iter().map(|x| x.position.1).max().unwrap_or(0);
+    for s in &mut snapshots {
+        s.position.1 = total;
+        s.position.0 = s.position.0.min(total);
     }
     snapshots
 }

@@ -34,6 +34,9 @@ pub struct Observation<'a> {
     pub decision: Option<&'a Decision>,
     pub violations: &'a [Violation],
     pub hold: Option<&'a Hold>,
+    /// What plugin failures hold back (a missing or failing plugin under
+    /// `Fail`, one that could not be asked), if anything.
+    pub blocked: Option<&'a str>,
     pub progress_deadline_seconds: Option<i32>,
     pub previous: Option<&'a DisaggregatedSetStatus>,
     pub now: Time,
@@ -72,6 +75,9 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
         let why = "every role is ready at the target revision";
         set(AVAILABLE, true, "AllRolesReady", why.into());
         set(PROGRESSING, false, "AllRolesReady", why.into());
+    } else if let Some(why) = o.blocked {
+        set(AVAILABLE, false, "PluginBlocked", why.to_string());
+        set(PROGRESSING, true, "PluginBlocked", why.to_string());
     } else {
         let why = if rolling {
             format!("rolling out revision {}", o.target.revision)

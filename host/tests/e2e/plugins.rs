@@ -144,6 +144,7 @@ async fn a_failing_plugin_blocks_under_fail_and_is_skipped_under_ignore() {
     assert_eq!(roles, vec!["decode"]);
     let message = strict
         .status
+        .clone()
         .unwrap()
         .conditions
         .into_iter()
@@ -153,6 +154,16 @@ async fn a_failing_plugin_blocks_under_fail_and_is_skipped_under_ignore() {
     assert!(
         message.contains("hostile") && message.contains("prefill"),
         "{message}"
+    );
+    // And it says what waits: not a rollout in progress, a role held back by a plugin.
+    assert_eq!(
+        condition_reason(&strict, "Progressing").as_deref(),
+        Some("PluginBlocked")
+    );
+    assert!(
+        condition_message(&strict, "Progressing").starts_with("changes to role prefill wait"),
+        "{}",
+        condition_message(&strict, "Progressing")
     );
 
     // Ignore: the plugin is skipped and the set comes up whole; the failure is a Warning Event.

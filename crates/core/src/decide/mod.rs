@@ -224,6 +224,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     });
     let mut decision = None;
     let mut hold = None;
+    let mut blocked_by = None;
     if violations.is_empty() {
         // Scaling hooks adjust the targets.
         let observed = observed_replicas(&target, &children);
@@ -249,6 +250,8 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         failures.extend(gate_failures);
         hold = held;
         let mut writes = child_writes(set, &set_json, &bound, &d, &children, &rev, hold.is_some());
+        // A child a Fail plugin could not patch is not created: its role waits too.
+        let unpatched = writes.failures.iter().any(|f| f.blocks());
         failures.append(&mut writes.failures);
         let blocked_all = failures.iter().any(|f| f.blocks() && f.role.is_none());
         let blocked = |scope: &Option<Scope>| {
@@ -259,8 +262,13 @@ pub fn decide(o: &Observed<'_>) -> Plan {
                         .any(|f| f.blocks() && f.role.as_deref() == Some(&s.role))
                 })
         };
-        plan.writes
-            .extend(writes.writes.into_iter().filter(|p| !blocked(&p.scope)));
+        let (held_back, go): (Vec<Planned>, Vec<Planned>) =
+            writes.writes.into_iter().partition(|p| blocked(&p.scope));
+        plan.writes.extend(go);
+        // Writes a plugin failure holds back: the set says so, as a gate's hold would be.
+        if !held_back.is_empty() || blocked_all || unpatched {
+            blocked_by = Some(blocked_message(&failures, &held_back));
+        }
         decision = Some(d);
     }
 
@@ -271,6 +279,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         decision: decision.as_ref(),
         violations: &violations,
         hold: hold.as_ref().map(|(h, _)| h),
+        blocked: blocked_by.as_deref(),
         progress_deadline_seconds: set.spec.progress_deadline_seconds,
         previous: set.status.as_ref(),
         now: now.clone(),

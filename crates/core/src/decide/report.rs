@@ -177,3 +177,31 @@ pub(super) fn refusals(effective: &[PluginBinding], plugins: &dyn Plugins) -> Ve
         })
         .collect()
 }
+
+/// What plugin failures hold back, for `Progressing`: the roles whose writes
+/// wait, and the failures that stop them.
+pub(super) fn blocked_message(failures: &[Failure], held_back: &[Planned]) -> String {
+    let mut roles: Vec<&str> = held_back
+        .iter()
+        .filter_map(|p| p.scope.as_ref().map(|s| s.role.as_str()))
+        .chain(
+            failures
+                .iter()
+                .filter(|f| f.blocks())
+                .filter_map(|f| f.role.as_deref()),
+        )
+        .collect();
+    roles.sort();
+    roles.dedup();
+    let what = if roles.is_empty() {
+        "changes to the set wait".to_string()
+    } else {
+        format!("changes to role {} wait", roles.join(", "))
+    };
+    let why: Vec<String> = failures
+        .iter()
+        .filter(|f| f.blocks())
+        .map(Failure::describe)
+        .collect();
+    truncate(&format!("{what} for plugins: {}", why.join("; ")), 2048)
+}

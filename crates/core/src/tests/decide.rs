@@ -287,6 +287,18 @@ fn a_failing_patch_under_fail_holds_its_role_and_under_ignore_is_skipped() {
                 .any(|e| e.warning && e.reason == "PluginFailed")
         );
         assert_eq!(p.new_failures, [("shaper".to_string(), "PluginTimeout")]);
+        // Under Fail the held-back role is what the set is waiting for, not a rollout.
+        let (_, progressing, why) = condition(&p, conditions::PROGRESSING);
+        match policy {
+            FailurePolicy::Fail => {
+                assert_eq!(progressing, "PluginBlocked");
+                assert!(
+                    why.starts_with("changes to role prefill wait for plugins: shaper"),
+                    "{why}"
+                );
+            }
+            FailurePolicy::Ignore => assert_eq!(progressing, "RolloutInProgress"),
+        }
     }
 }
 
@@ -297,6 +309,12 @@ fn a_missing_plugin_under_fail_stops_the_whole_set() {
     let p = plan(&s, &[], &NoPlugins);
     assert!(created(&p).is_empty());
     assert_eq!(condition(&p, conditions::PLUGINS_READY).1, "PluginMissing");
+    let (_, reason, why) = condition(&p, conditions::PROGRESSING);
+    assert_eq!(reason, "PluginBlocked");
+    assert!(
+        why.contains("role decode, prefill wait") && why.contains("nowhere"),
+        "{why}"
+    );
 }
 
 #[test]
