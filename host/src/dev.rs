@@ -28,7 +28,7 @@ pub struct DevOptions {
     /// Plugins for the operator, as `NAME.wasm[.gz]` files.
     pub plugin_dir: Option<PathBuf>,
     /// The upstream LeaderWorkerSet CRD; without it, one generated from the
-    /// operator's own LWS type (no schema: objects are stored as given).
+    /// operator's own LWS type (its schema, status and scale subresources).
     pub lws_crd: Option<PathBuf>,
     /// How long each simulated LWS group takes to become ready.
     pub group_delay: Duration,

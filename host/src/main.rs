@@ -108,7 +108,7 @@ struct DevArgs {
     /// Plugins for the operator: NAME.wasm[.gz] files in this directory.
     #[arg(long)]
     plugin_dir: Option<PathBuf>,
-    /// The upstream LeaderWorkerSet CRD (default: one generated from the operator's LWS type, without a schema).
+    /// The upstream LeaderWorkerSet CRD (default: one generated from the operator's LWS type, with its schema and scale subresource).
     #[arg(long)]
     lws_crd: Option<PathBuf>,
     /// How long each simulated LWS group takes to become ready, in milliseconds.

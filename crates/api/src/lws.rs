@@ -1,6 +1,7 @@
 //! Client-side `LeaderWorkerSet` v1 types (leaderworkerset.x-k8s.io), spec and
-//! status. The LWS CRD itself is installed by the LWS project; we only write
-//! these objects, so no CRD is generated from them.
+//! status. In a cluster the LWS project installs its CRD; the CRD derived
+//! from these types (schema, status and scale subresources, as upstream's)
+//! is what `disagg dev` serves, so `kubectl scale lws` works there too.
 
 use super::fragments::{PodTemplate, VolumeClaimTemplate};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -19,7 +20,11 @@ use serde::{Deserialize, Serialize};
     status = "LeaderWorkerSetStatus",
     shortname = "lws",
     derive = "PartialEq",
-    schema = "disabled"
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.hpaPodSelector"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LeaderWorkerSetSpec {

@@ -120,6 +120,54 @@ fn kubectl_scales_a_custom_resource_through_its_scale_subresource() {
         )),
         "4"
     );
+
+    // The LeaderWorkerSet CRD `disagg dev` serves (derived from the operator's
+    // types) scales the same way, and its schema checks what is written.
+    use kube::CustomResourceExt;
+    let lws_crd = server.kubeconfig.with_file_name("lws-crd.yaml");
+    let crd = disagg_api::lws::LeaderWorkerSet::crd();
+    std::fs::write(&lws_crd, serde_yaml_ng::to_string(&crd).unwrap()).unwrap();
+    ok(kubectl(
+        k,
+        &["apply", "--server-side", "-f", lws_crd.to_str().unwrap()],
+    ));
+    let set: disagg_api::set::DisaggregatedSet =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo("examples/vllm-pd.yaml")).unwrap())
+            .unwrap();
+    let mut lws = disagg_core::render::render_child(&set, &set.spec.roles[0], 0, "abcd1234", 1);
+    lws.metadata.namespace = None;
+    lws.metadata.owner_references = None;
+    let lws_file = server.kubeconfig.with_file_name("lws.yaml");
+    std::fs::write(&lws_file, serde_yaml_ng::to_string(&lws).unwrap()).unwrap();
+    ok(kubectl(
+        k,
+        &["apply", "--server-side", "-f", lws_file.to_str().unwrap()],
+    ));
+    let name = lws.metadata.name.clone().unwrap();
+    assert!(ok(kubectl(k, &["scale", "lws", &name, "--replicas=3"])).contains("scaled"));
+    assert_eq!(
+        ok(kubectl(
+            k,
+            &["get", "lws", &name, "-o", "jsonpath={.spec.replicas}"]
+        )),
+        "3"
+    );
+    // With a schema, kubectl's strict validation refuses what LWS does not know.
+    let bogus = server.kubeconfig.with_file_name("bogus.yaml");
+    let text =
+        serde_yaml_ng::to_string(&lws)
+            .unwrap()
+            .replacen("\nspec:\n", "\nspec:\n  bogus: 1\n", 1);
+    std::fs::write(&bogus, text).unwrap();
+    let out = kubectl(
+        k,
+        &["apply", "--server-side", "-f", bogus.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.bogus"),
+        "{err}"
+    );
 }
 
 /// Repository and shared paths as command-line arguments.
