@@ -16,6 +16,18 @@ struct Column {
 #[derive(Clone, Debug)]
 pub struct Columns(Vec<Column>);
 
+/// The columns `kubectl get events` shows, as printer columns.
+pub fn event_columns() -> Value {
+    json!([
+        // kubectl falls back to eventTime, which is what events.k8s.io writers set.
+        {"name": "Last Seen", "type": "date", "jsonPath": ".eventTime"},
+        {"name": "Type", "type": "string", "jsonPath": ".type"},
+        {"name": "Reason", "type": "string", "jsonPath": ".reason"},
+        {"name": "Object", "type": "string", "jsonPath": ".involvedObject.name"},
+        {"name": "Message", "type": "string", "jsonPath": ".message"},
+    ])
+}
+
 /// Whether a request's Accept header asks for a Table.
 pub fn wanted(accept: &str) -> bool {
     accept

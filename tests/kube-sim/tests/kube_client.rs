@@ -409,3 +409,102 @@ async fn server_side_apply_tracks_owners_conflicts_and_force() {
         "{err:?}"
     );
 }
+
+/// Events are one store behind both groups, as on a real API server: what
+/// kube-rs's recorder writes to events.k8s.io/v1 is what `kubectl get events`
+/// and `kubectl describe` read from core v1, field selectors included.
+#[tokio::test]
+async fn events_are_one_store_behind_both_groups() {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+    use k8s_openapi::api::events::v1::Event;
+    let (client, _) = start().await;
+    let view: Api<Event> = Api::namespaced(client.clone(), "default");
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let mut watch = view
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let regarding = |name: &str| ObjectReference {
+        kind: Some("DisaggregatedSet".into()),
+        name: Some(name.into()),
+        namespace: Some("default".into()),
+        uid: Some(format!("uid-{name}")),
+        ..Default::default()
+    };
+    for (name, set) in [("e1", "llm"), ("e2", "other")] {
+        let e: Event = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "eventTime": "2026-12-02T00:00:00.000000Z",
+            "reason": "CreatedChild", "note": format!("created a child of {set}"), "type": "Normal",
+            "action": "Rollout", "reportingController": "disaggregatedset-operator",
+            "reportingInstance": "a", "regarding": regarding(set),
+        }))
+        .unwrap();
+        view.create(&PostParams::default(), &e).await.unwrap();
+    }
+    // Read back through core v1: the same objects, in core's field names.
+    let listed = core.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(listed.len(), 2);
+    let e1 = listed
+        .iter()
+        .find(|e| e.metadata.name.as_deref() == Some("e1"))
+        .unwrap();
+    assert_eq!(e1.message.as_deref(), Some("created a child of llm"));
+    assert_eq!(e1.involved_object.name.as_deref(), Some("llm"));
+    assert_eq!(
+        e1.reporting_component.as_deref(),
+        Some("disaggregatedset-operator")
+    );
+    // kubectl describe's selector.
+    let described = core
+        .list(&ListParams::default().fields(
+            "involvedObject.name=llm,involvedObject.namespace=default,involvedObject.kind=DisaggregatedSet,involvedObject.uid=uid-llm",
+        ))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(described.len(), 1);
+    let err = core
+        .list(&ListParams::default().fields("note=x"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("field label not supported: note"),
+        "{err}"
+    );
+
+    // The view: patched and read in its own names; its watch saw the creates.
+    view.patch(
+        "e1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"note": "updated", "series": {"count": 2, "lastObservedTime": "2026-12-02T00:00:01.000000Z"}})),
+    )
+    .await
+    .unwrap();
+    let e1 = view.get("e1").await.unwrap();
+    assert_eq!(e1.note.as_deref(), Some("updated"));
+    assert_eq!(e1.regarding.and_then(|r| r.name).as_deref(), Some("llm"));
+    assert_eq!(
+        core.get("e1").await.unwrap().message.as_deref(),
+        Some("updated")
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), watch.try_next()).await {
+            Ok(Ok(Some(WatchEvent::Added(e) | WatchEvent::Modified(e)))) => {
+                seen.push(e.note.unwrap_or_default())
+            }
+            Ok(Ok(Some(_))) => {}
+            other => panic!("the view's watch ended: {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "created a child of llm",
+            "created a child of other",
+            "updated"
+        ]
+    );
+}

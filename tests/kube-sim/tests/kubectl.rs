@@ -96,6 +96,44 @@ fn kubectl_applies_gets_and_deletes() {
     );
 }
 
+/// An Event written to events.k8s.io/v1 (as the operator's recorder does)
+/// is what `kubectl get events` and `kubectl describe` show.
+#[test]
+fn kubectl_shows_events_written_to_either_group() {
+    let Some(server) = start("events") else {
+        return;
+    };
+    let k = server.kubeconfig.as_path();
+    let cm = server.kubeconfig.with_file_name("cm.yaml");
+    std::fs::write(
+        &cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n",
+    )
+    .unwrap();
+    ok(kubectl(k, &["apply", "-f", cm.to_str().unwrap()]));
+    let uid = ok(kubectl(
+        k,
+        &["get", "cm", "demo", "-o", "jsonpath={.metadata.uid}"],
+    ));
+    let event = server.kubeconfig.with_file_name("event.yaml");
+    std::fs::write(
+        &event,
+        format!("apiVersion: events.k8s.io/v1\nkind: Event\nmetadata:\n  name: demo.1\n  namespace: default\neventTime: \"2026-12-02T00:00:00.000000Z\"\nreason: Tested\ntype: Normal\naction: Test\nnote: seen through both groups\nreportingController: tester\nreportingInstance: a\nregarding:\n  kind: ConfigMap\n  apiVersion: v1\n  name: demo\n  namespace: default\n  uid: {uid}\n"),
+    )
+    .unwrap();
+    ok(kubectl(k, &["create", "-f", event.to_str().unwrap()]));
+    let events = ok(kubectl(k, &["get", "events"]));
+    assert!(
+        events.contains("Tested") && events.contains("seen through both groups"),
+        "{events}"
+    );
+    let described = ok(kubectl(k, &["describe", "cm", "demo"]));
+    assert!(
+        described.contains("seen through both groups"),
+        "{described}"
+    );
+}
+
 #[test]
 fn kubectl_scales_a_custom_resource_through_its_scale_subresource() {
     let Some(server) = start("scale") else { return };
@@ -164,10 +202,7 @@ fn kubectl_scales_a_custom_resource_through_its_scale_subresource() {
         &["apply", "--server-side", "-f", bogus.to_str().unwrap()],
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("spec.bogus"),
-        "{err}"
-    );
+    assert!(!out.status.success() && err.contains("spec.bogus"), "{err}");
 }
 
 /// Repository and shared paths as command-line arguments.

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 mod admission;
 mod discovery;
+mod events;
 mod objects;
 mod watch;
 
@@ -478,7 +479,23 @@ async fn handle(
         return response;
     }
     let is_crd = target.resource == crd_resource();
+    // events.k8s.io/v1 is a view of the core v1 Events.
+    let view = events::is_view(&target.resource);
+    let (target, body) = if view {
+        let target = Target {
+            resource: events::stored(),
+            ..target
+        };
+        (target, events::body_in(&body))
+    } else {
+        (target, body)
+    };
     let result = serve(&sim, &method, target, &query, &headers, &body).await;
+    let result = if view {
+        result.map(|(response, written)| (events::answer_out(response), written))
+    } else {
+        result
+    };
     match result {
         Ok((response, Some(written))) if is_crd => {
             match sim.sync_crd(&written, method == Method::DELETE) {

@@ -70,7 +70,16 @@ pub(super) async fn serve(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(crate::table::wanted)
-        .then(|| crate::table::Columns::new(custom.as_ref().and_then(|c| c.columns.as_ref())));
+        .then(|| {
+            // Built-in kinds print as kubectl shows them where it matters (Events).
+            let builtin = (t.resource == events::stored()).then(|| crate::table::event_columns());
+            crate::table::Columns::new(
+                custom
+                    .as_ref()
+                    .and_then(|c| c.columns.as_ref())
+                    .or(builtin.as_ref()),
+            )
+        });
     let parse_body = || -> Result<Value, StoreError> {
         serde_json::from_slice(body).map_err(|e| bad_request(format!("the body is not JSON: {e}")))
     };
@@ -80,7 +89,8 @@ pub(super) async fn serve(
                 namespace: t.namespace.clone(),
                 labels: Selector::parse(query.get("labelSelector").map_or("", String::as_str))
                     .map_err(bad_request)?,
-                fields: Filter::parse_fields(
+                fields: Filter::parse_fields_of(
+                    &t.resource,
                     query.get("fieldSelector").map_or("", String::as_str),
                 )?,
             };

@@ -109,16 +109,49 @@ impl Filter {
             .matches(|k| labels.and_then(|m| m.get(k)).and_then(Value::as_str))
             && self.fields.iter().all(|(field, want, equal)| {
                 let got = match field.as_str() {
-                    "metadata.name" => object["metadata"]["name"].as_str().unwrap_or_default(),
-                    "metadata.namespace" => namespace,
-                    _ => return false,
+                    "metadata.namespace" => namespace.to_string(),
+                    // Any other field the selector was allowed to name, by its dotted path.
+                    path => path
+                        .split('.')
+                        .try_fold(object, |v, key| v.get(key))
+                        .map(|v| match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .unwrap_or_default(),
                 };
-                (got == want) == *equal
+                (got == *want) == *equal
             })
+    }
+
+    /// Parses `metadata.name=x,metadata.namespace!=y`, and for Events the
+    /// fields the API server indexes them by (`involvedObject.name`, `reason`,
+    /// `type`, …: what `kubectl describe` and `kubectl get events` ask for).
+    pub fn parse_fields_of(
+        resource: &ResourceId,
+        text: &str,
+    ) -> Result<Vec<(String, String, bool)>, StoreError> {
+        let fields = Self::parse_terms(text)?;
+        let allowed = |f: &str| {
+            matches!(f, "metadata.name" | "metadata.namespace")
+                || (resource.plural == "events" && EVENT_FIELDS.contains(&f))
+        };
+        match fields.iter().find(|(f, _, _)| !allowed(f)) {
+            Some((f, _, _)) => Err(StoreError::new(
+                400,
+                "BadRequest",
+                format!("field label not supported: {f}"),
+            )),
+            None => Ok(fields),
+        }
     }
 
     /// Parses `metadata.name=x,metadata.namespace!=y`.
     pub fn parse_fields(text: &str) -> Result<Vec<(String, String, bool)>, StoreError> {
+        Self::parse_fields_of(&ResourceId::new("", "v1", "configmaps"), text)
+    }
+
+    fn parse_terms(text: &str) -> Result<Vec<(String, String, bool)>, StoreError> {
         let mut out = Vec::new();
         for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, value, equal) = if let Some((f, v)) = term.split_once("!=") {
@@ -132,13 +165,6 @@ impl Filter {
                     format!("invalid field selector {term:?}"),
                 ));
             };
-            if !matches!(field, "metadata.name" | "metadata.namespace") {
-                return Err(StoreError::new(
-                    400,
-                    "BadRequest",
-                    format!("field label not supported: {field}"),
-                ));
-            }
             out.push((field.to_string(), value.to_string(), equal));
         }
         Ok(out)
@@ -153,3 +179,18 @@ pub struct Page {
     /// Pass back to get the next page.
     pub continue_token: Option<String>,
 }
+
+/// The fields of a (core v1) Event a field selector may name, as the API server's.
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
