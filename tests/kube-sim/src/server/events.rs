@@ -89,10 +89,8 @@ fn document_out(doc: &mut Value) {
             }
         }
         // A watch event.
-        None if doc.get("object").is_some() && doc.get("type").is_some() => {
-            if doc["object"]["kind"] == "Event" {
-                rename(&mut doc["object"], false, "events.k8s.io/v1");
-            }
+        None if doc.get("type").is_some() && doc["object"]["kind"] == "Event" => {
+            rename(&mut doc["object"], false, "events.k8s.io/v1");
         }
         _ => {}
     }

@@ -72,7 +72,7 @@ pub(super) async fn serve(
         .is_some_and(crate::table::wanted)
         .then(|| {
             // Built-in kinds print as kubectl shows them where it matters (Events).
-            let builtin = (t.resource == events::stored()).then(|| crate::table::event_columns());
+            let builtin = (t.resource == events::stored()).then(crate::table::event_columns);
             crate::table::Columns::new(
                 custom
                     .as_ref()
