@@ -282,6 +282,21 @@ pub struct Conflict {
     pub path: Path,
 }
 
+/// Whether two values are the same as the API server sees them: numbers by
+/// value (`1` and `1.0` are one number; YAML and Rust often write the latter).
+fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
+    match (a, b) {
+        (Some(Value::Number(x)), Some(Value::Number(y))) => x.as_f64() == y.as_f64(),
+        (Some(Value::Array(x)), Some(Value::Array(y))) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(Some(x), Some(y)))
+        }
+        (Some(Value::Object(x)), Some(Value::Object(y))) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| same_value(Some(v), y.get(k)))
+        }
+        (a, b) => a == b,
+    }
+}
+
 /// The 409 message the API server gives for apply conflicts.
 pub fn conflict_message(conflicts: &[Conflict]) -> String {
     let lines: Vec<String> = conflicts
@@ -327,7 +342,7 @@ pub fn apply(
                     } else {
                         w.as_slice()
                     };
-                    overlaps(owned, w) && lookup(base, at) != lookup(applied, at)
+                    overlaps(owned, w) && !same_value(lookup(base, at), lookup(applied, at))
                 })
             })
             .cloned()
@@ -490,6 +505,23 @@ mod tests {
             json!({}),
             "leaves are empty objects"
         );
+    }
+
+    #[test]
+    fn numbers_are_the_same_value_however_they_are_written() {
+        assert!(same_value(
+            Some(&json!({"min": 1.0, "xs": [2]})),
+            Some(&json!({"min": 1, "xs": [2.0]}))
+        ));
+        assert!(!same_value(
+            Some(&json!({"min": 1.5})),
+            Some(&json!({"min": 1}))
+        ));
+        assert!(!same_value(
+            Some(&json!({"a": 1})),
+            Some(&json!({"a": 1, "b": 2}))
+        ));
+        assert!(!same_value(Some(&json!(1)), None));
     }
 
     #[test]

@@ -96,6 +96,51 @@ fn kubectl_applies_gets_and_deletes() {
     );
 }
 
+/// The real install, rehearsed: `kubectl apply -k deploy/` (client-side and
+/// server-side) works, also after another manager applied the same CRDs
+/// (as `disagg dev` does) — the same values are shared, not a conflict.
+#[test]
+fn kubectl_apply_k_deploy_works() {
+    let Some(server) = start("deploy") else {
+        return;
+    };
+    let k = server.kubeconfig.as_path();
+    let crds = repo("deploy/crds");
+    ok(kubectl(
+        k,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "disagg-dev",
+            "-f",
+            &crds,
+        ],
+    ));
+    assert!(
+        ok(kubectl(k, &["apply", "--server-side", "-f", &crds])).contains("serverside-applied")
+    );
+    let deploy = repo("deploy");
+    let out = ok(kubectl(k, &["apply", "-k", &deploy]));
+    for made in [
+        "serviceaccount/disaggregatedset-operator",
+        "clusterrolebinding.rbac.authorization.k8s.io/disaggregatedset-operator",
+        "deployment.apps/disaggregatedset-operator",
+        "poddisruptionbudget.policy/disaggregatedset-operator",
+        "configmap/role-profile",
+    ] {
+        assert!(out.contains(made), "{made}: {out}");
+    }
+    assert!(
+        ok(kubectl(k, &["apply", "--server-side", "-k", &deploy])).contains("serverside-applied")
+    );
+    let deployments = ok(kubectl(k, &["get", "deployments", "-n", "lws-system"]));
+    assert!(
+        deployments.contains("disaggregatedset-operator"),
+        "{deployments}"
+    );
+}
+
 /// An Event written to events.k8s.io/v1 (as the operator's recorder does)
 /// is what `kubectl get events` and `kubectl describe` show.
 #[test]

@@ -145,10 +145,53 @@ pub fn register_builtins(store: &Store) {
         bool,
         &'a [&'a str],
     );
-    let kinds: [Builtin; 7] = [
+    // Besides what the operator uses, what `kubectl apply -k deploy/` installs
+    // (stored and shown, not run: no pods are scheduled, no RBAC is enforced).
+    let rbac = "rbac.authorization.k8s.io";
+    let kinds: [Builtin; 15] = [
         ("", "v1", "namespaces", "Namespace", false, true, &["ns"]),
         ("", "v1", "configmaps", "ConfigMap", true, false, &["cm"]),
         ("", "v1", "services", "Service", true, true, &["svc"]),
+        (
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            false,
+            &["sa"],
+        ),
+        ("", "v1", "secrets", "Secret", true, false, &[]),
+        (
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            true,
+            true,
+            &["deploy"],
+        ),
+        (
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            true,
+            &["pdb"],
+        ),
+        (rbac, "v1", "clusterroles", "ClusterRole", false, false, &[]),
+        (
+            rbac,
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            false,
+            &[],
+        ),
+        (rbac, "v1", "roles", "Role", true, false, &[]),
+        (rbac, "v1", "rolebindings", "RoleBinding", true, false, &[]),
         ("", "v1", "events", "Event", true, false, &["ev"]),
         (
             "events.k8s.io",
