@@ -1,7 +1,5 @@
 //! The `kube-sim` binary, driven by kubectl through the kubeconfig it writes,
-//! with kubectl's default (server-side, strict) validation. (kubectl sends
-//! built-in kinds it builds itself, e.g. `kubectl create configmap`, as
-//! protobuf, which kube-sim does not decode: it answers 415.)
+//! with kubectl's default (server-side, strict) validation.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -94,6 +92,91 @@ fn kubectl_applies_gets_and_deletes() {
         String::from_utf8_lossy(&out.stderr).contains("NotFound")
             || String::from_utf8_lossy(&out.stderr).contains("not found")
     );
+}
+
+/// `kubectl create …` sends the built-in kinds it builds as protobuf: the
+/// plugin tutorial's own deploy step among them.
+#[test]
+fn kubectl_create_sends_protobuf_and_it_is_read() {
+    let Some(server) = start("protobuf") else {
+        return;
+    };
+    let k = server.kubeconfig.as_path();
+    ok(kubectl(k, &["create", "namespace", "team-a"]));
+    let wasm = server.kubeconfig.with_file_name("plugin.wasm");
+    std::fs::write(&wasm, [0u8, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 0xff]).unwrap();
+    let from_file = format!("--from-file=plugin.wasm={}", wasm.display());
+    ok(kubectl(
+        k,
+        &[
+            "create",
+            "configmap",
+            "gate",
+            "-n",
+            "team-a",
+            "--from-literal=a=b",
+            &from_file,
+        ],
+    ));
+    ok(kubectl(
+        k,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "token",
+            "-n",
+            "team-a",
+            "--from-literal=k=v",
+        ],
+    ));
+    ok(kubectl(
+        k,
+        &["create", "serviceaccount", "robot", "-n", "team-a"],
+    ));
+    let get = |args: &[&str]| ok(kubectl(k, args));
+    assert_eq!(
+        get(&["get", "ns", "team-a", "-o", "jsonpath={.metadata.name}"]),
+        "team-a"
+    );
+    assert_eq!(
+        get(&[
+            "get",
+            "cm",
+            "gate",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.data.a}"
+        ]),
+        "b"
+    );
+    // Not UTF-8: kubectl puts it in binaryData, and it arrives byte for byte.
+    assert_eq!(
+        get(&[
+            "get",
+            "cm",
+            "gate",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.binaryData.plugin\\.wasm}"
+        ]),
+        "AGFzbQEAAAD/"
+    );
+    assert_eq!(
+        get(&[
+            "get",
+            "secret",
+            "token",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.data.k}"
+        ]),
+        "dg=="
+    );
+    assert!(get(&["get", "sa", "-n", "team-a"]).contains("robot"));
 }
 
 /// The real install, rehearsed: `kubectl apply -k deploy/` (client-side and

@@ -27,6 +27,7 @@ mod admission;
 mod discovery;
 mod events;
 mod objects;
+mod protobuf;
 mod watch;
 
 use admission::*;
@@ -458,15 +459,24 @@ async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        return error_response(&StoreError {
-            code: 415,
-            reason: "UnsupportedMediaType",
-            message: format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/json-patch+json (got {content_type})"
-            ),
-        });
-    }
+    // kubectl sends built-in kinds it builds itself as protobuf: read as JSON.
+    let body = if content_type.starts_with(protobuf::MEDIA_TYPE) {
+        if !matches!(method, Method::POST | Method::PUT) {
+            return error_response(&StoreError {
+                code: 415,
+                reason: "UnsupportedMediaType",
+                message: format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type})"
+                ),
+            });
+        }
+        match protobuf::to_json(&body) {
+            Ok(json) => json,
+            Err(e) => return error_response(&e),
+        }
+    } else {
+        body
+    };
     let counter = if method == Method::GET {
         &sim.reads
     } else {
