@@ -47,6 +47,24 @@ pub async fn run(
             options.listen
         ));
     }
+    let mut options = options;
+    if let Some(dir) = &options.plugin_dir {
+        // Plugins come from DIR alone: a default binding of a plugin DIR lacks
+        // would stop every set. Keep sets working, and say so.
+        options.default_plugins.retain(|d| {
+            let name = &d.binding.name;
+            let found = ["wasm", "wasm.gz"]
+                .iter()
+                .any(|ext| dir.join(format!("{name}.{ext}")).is_file());
+            if !found {
+                eprintln!(
+                    "note: {} has no {name}.wasm[.gz]: the default binding of {name} is off (pass --default-plugins to choose the defaults)",
+                    dir.display()
+                );
+            }
+            found
+        });
+    }
     let sim = kube_sim::server::Sim::new(Arc::new(kube_sim::store::Store::default()));
     sim.lws.set(kube_sim::lws_sim::LwsSimConfig {
         group_delay: options.group_delay,

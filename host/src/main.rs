@@ -296,17 +296,31 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(out) => {
-            print!("{out}");
+            emit(&out);
             ExitCode::SUCCESS
         }
         Err(CliError::Partial(out)) => {
-            print!("{out}");
+            emit(&out);
             ExitCode::from(PLUGIN_FAILED)
         }
         Err(CliError::Input(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(BAD_INPUT)
         }
+    }
+}
+
+/// Writes a command's output; a reader that stopped early (`disagg … | head`)
+/// is not an error.
+fn emit(out: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write the output: {e}");
     }
 }
 

@@ -181,3 +181,25 @@ fn crds_prints_the_committed_crds() {
         std::fs::read_to_string(repo("deploy/crds/disaggregatedset.x-k8s.io.yaml")).unwrap()
     );
 }
+
+/// `disagg … | head`: a reader that stops early is no error, and no panic.
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_disagg"))
+        .arg("crds")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The read end is dropped here, with most of the ~650 KB unread.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

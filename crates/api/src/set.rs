@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
     status = "DisaggregatedSetStatus",
     derive = "PartialEq",
     doc = "DisaggregatedSet runs prefill, decode and optionally encode roles as separately scaled LeaderWorkerSets and rolls template changes out across all roles together.",
-    printcolumn = r#"{"name": "Roles", "type": "string", "jsonPath": ".status.rolesReady", "description": "ready/desired groups per role"}"#,
+    printcolumn = r#"{"name": "Roles", "type": "string", "jsonPath": ".status.rolesReady", "description": "per role: ready groups over every revision / the groups the role asks for (mid-rollout, ready can exceed it by the surge)"}"#,
     printcolumn = r#"{"name": "Revision", "type": "string", "jsonPath": ".status.updateRevision"}"#,
     printcolumn = r#"{"name": "Available", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Available\")].status"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
