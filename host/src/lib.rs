@@ -21,4 +21,5 @@ pub mod defaults;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod input;
+pub mod plugin_run;
 pub mod render;

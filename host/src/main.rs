@@ -126,6 +126,27 @@ enum PluginCommand {
         /// The component (`.wasm`, or gzip-compressed `.wasm.gz`).
         file: PathBuf,
     },
+    /// Call one hook of a component, as the operator would, and print the answer,
+    /// the time and the memory it took as JSON (what the plugin logs goes to stderr).
+    Run {
+        /// The component (`.wasm`, or gzip-compressed `.wasm.gz`).
+        file: PathBuf,
+        /// patch-role, scale-role, gate-step or validate.
+        #[arg(long)]
+        hook: String,
+        /// The request as JSON, in the shape of `wit/plugin.wit` (camelCase fields).
+        #[arg(long, conflicts_with = "set")]
+        request: Option<PathBuf>,
+        /// Build the request the operator would send for this set (not for gate-step).
+        #[arg(long)]
+        set: Option<PathBuf>,
+        /// The role a `--set` request is about (default: the first).
+        #[arg(long, requires = "set")]
+        role: Option<String>,
+        /// The binding's config as JSON (default: the set's binding of the plugin, or {}).
+        #[arg(long, requires = "set")]
+        config: Option<String>,
+    },
     /// Check a component, then print it as a plugin ConfigMap (gzip-compressed) for the operator's namespace.
     Configmap {
         /// The plugin's name (the ConfigMap's name, which sets bind to).
@@ -287,6 +308,31 @@ fn main() -> ExitCode {
         } => plugin_check(&file),
         Command::Plugin {
             command:
+                PluginCommand::Run {
+                    file,
+                    hook,
+                    request,
+                    set,
+                    role,
+                    config,
+                },
+        } => {
+            init_logs(false, "info");
+            disagg::plugin_run::run(&disagg::plugin_run::Call {
+                file: &file,
+                hook: &hook,
+                request: request.as_deref(),
+                set: set.as_deref(),
+                role: role.as_deref(),
+                config: config.as_deref(),
+            })
+            .map_err(|e| match e {
+                disagg::plugin_run::Failed::Input(e) => CliError::Input(input_error(&file, e)),
+                disagg::plugin_run::Failed::Plugin(e) => CliError::Failed(e),
+            })
+        }
+        Command::Plugin {
+            command:
                 PluginCommand::Configmap {
                     name,
                     namespace,
@@ -306,6 +352,10 @@ fn main() -> ExitCode {
         Err(CliError::Input(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(BAD_INPUT)
+        }
+        Err(CliError::Failed(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(PLUGIN_FAILED)
         }
     }
 }
@@ -330,6 +380,8 @@ enum CliError {
     Input(InputError),
     /// A plugin under failure policy Fail stopped some roles; the rest is printed.
     Partial(String),
+    /// A plugin was called and failed: nothing is printed but the error.
+    Failed(String),
 }
 
 impl From<InputError> for CliError {

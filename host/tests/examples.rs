@@ -69,7 +69,8 @@ fn scenarios() -> Vec<(GateRequest, Option<&'static str>)> {
     ]
 }
 
-fn check(name: &str, bytes: &[u8]) {
+fn check(name: &str, path: &std::path::Path) {
+    let bytes = &read(path);
     // The JavaScript component is 12 MB: over the operator's default 4 MiB,
     // as `--max-component-mib 16` allows.
     let rt = Runtime::new(Limits {
@@ -92,17 +93,44 @@ fn check(name: &str, bytes: &[u8]) {
             (got, want) => panic!("{name} scenario {i}: got {got:?}, want {want:?}"),
         }
     }
+    // `disagg plugin run` calls it as the operator does: same answer as the call above.
+    let (scenario, _) = scenarios().into_iter().next().unwrap();
+    let request = test_support::temp_file(
+        &format!("{name}-request.json"),
+        &serde_json::to_string(&scenario).unwrap(),
+    );
+    let out = common::disagg(&[
+        "plugin",
+        "run",
+        path.to_str().unwrap(),
+        "--hook",
+        "gate-step",
+        "--request",
+        request.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["answer"],
+        json!(p.gate_step(&scenario).unwrap()),
+        "{name}: {report}"
+    );
+    assert!(report["millis"].as_f64().is_some() && report["memoryBytes"].as_u64() > Some(0));
 }
 
 #[test]
 fn rust_gate_decides_as_specified() {
-    check("rust-gate", &read(&component("rust-gate")));
+    check("rust-gate", &component("rust-gate"));
 }
 
-fn foreign(file: &str) -> Option<Vec<u8>> {
+fn foreign(file: &str) -> Option<std::path::PathBuf> {
     let path = repo("target/examples").join(file);
-    match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
+    match std::fs::metadata(&path) {
+        Ok(_) => Some(path),
         Err(_) if std::env::var_os("DISAGG_REQUIRE_EXAMPLES").is_none() => {
             eprintln!(
                 "SKIPPED: {} is not built; run examples/build.sh",
@@ -116,18 +144,18 @@ fn foreign(file: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn c_gate_decides_like_the_rust_one() {
-    if let Some(bytes) = foreign("c_gate.wasm") {
-        check("c-gate", &bytes);
+    if let Some(path) = foreign("c_gate.wasm") {
+        check("c-gate", &path);
     }
 }
 
 #[test]
 fn js_gate_decides_like_the_rust_one() {
-    if let Some(bytes) = foreign("js_gate.wasm") {
+    if let Some(path) = foreign("js_gate.wasm") {
         assert!(
-            bytes.len() > 1 << 20,
+            read(&path).len() > 1 << 20,
             "the README says the JS component exceeds a ConfigMap; update it if this changes"
         );
-        check("js-gate", &bytes);
+        check("js-gate", &path);
     }
 }

@@ -16,7 +16,8 @@ use disagg_api::lws::LeaderWorkerSet;
 use serde_json::{Map, Value};
 
 /// A patch to an LWS, as a plugin returned it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum LwsPatch {
     None,
     /// RFC 7386 merge patch.

@@ -48,6 +48,8 @@ pub struct Runtime {
     pub(crate) limits: Limits,
     /// Loaded components still held by someone.
     live: std::sync::atomic::AtomicUsize,
+    /// Linear memory the last finished call held (for `disagg plugin run`).
+    pub(crate) last_memory: std::sync::atomic::AtomicUsize,
     /// The one bound on calls running at once (see [`Limits::concurrent_calls`]).
     pub(crate) slots: tokio::sync::Semaphore,
     /// Drives calls: its timer abandons a call at its deadline even while the
@@ -126,6 +128,7 @@ impl Runtime {
             linker,
             limits,
             live: Default::default(),
+            last_memory: Default::default(),
             slots: tokio::sync::Semaphore::new(limits.concurrent_calls),
             executor: Some(executor),
             busy: Arc::default(),
@@ -236,6 +239,13 @@ impl Runtime {
     /// keeps compiled code for.
     pub fn compiled_count(&self) -> usize {
         self.live.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Bytes of linear memory the last call to finish held at its end, over
+    /// all of its component's memories (on any thread: meant for one caller,
+    /// such as `disagg plugin run`).
+    pub fn last_call_memory(&self) -> usize {
+        self.last_memory.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets the observer of hook calls (once; later calls are ignored).

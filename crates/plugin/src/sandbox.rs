@@ -163,6 +163,10 @@ impl Runtime {
             invoke(&instance, &mut store, request).await
         };
         let outcome = poll_until(run, Instant::now() + wall);
+        self.last_memory.store(
+            store.data().limiter.used,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         forward_output(&plugin.name, "stdout", &stdout.contents());
         forward_output(&plugin.name, "stderr", &stderr.contents());
         let timeout = || PluginError::Timeout {

@@ -182,3 +182,61 @@ fn a_digest_pin_only_ever_runs_that_component() {
     assert_eq!(failures[0].reason, "PluginDigestMismatch");
     assert!(failures[0].message.contains(&gate.digest));
 }
+
+/// `disagg plugin run --set`: the request the operator would send for a
+/// set's role; a failing plugin is exit code 1, bad input 2.
+#[test]
+fn cli_plugin_run_calls_a_hook_as_the_operator_would() {
+    let rp = component("role-profile");
+    let set = repo("examples/vllm-pd-plugins.yaml");
+    let out = disagg(&[
+        "plugin",
+        "run",
+        rp.to_str().unwrap(),
+        "--hook",
+        "patch-role",
+        "--set",
+        set.to_str().unwrap(),
+        "--role",
+        "decode",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The set's own binding config (the vllm preset) reached the plugin.
+    assert!(
+        report["answer"].to_string().contains("kv_consumer"),
+        "{report}"
+    );
+    assert_eq!(report["hook"], "patch-role");
+
+    let hostile = component("hostile");
+    let out = disagg(&[
+        "plugin",
+        "run",
+        hostile.to_str().unwrap(),
+        "--hook",
+        "patch-role",
+        "--set",
+        set.to_str().unwrap(),
+        "--config",
+        r#"{"mode": "loop"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 100 ms"));
+
+    let out = disagg(&[
+        "plugin",
+        "run",
+        rp.to_str().unwrap(),
+        "--hook",
+        "gate-step",
+        "--set",
+        set.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gate-step needs --request"));
+}

@@ -12,6 +12,7 @@ mod error;
 pub use crate::patch::LwsPatch;
 pub use disagg_api::validate::Violation;
 pub use error::PluginError;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +52,8 @@ pub struct PluginInfo {
 }
 
 /// `patch-role`: a rendered child, to patch.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PatchRequest {
     /// The set, as JSON.
     pub set: String,
@@ -65,7 +67,8 @@ pub struct PatchRequest {
 }
 
 /// A role's replicas as `scale-role` sees them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RoleReplicas {
     pub name: String,
     /// What the set (and earlier scaling plugins) ask for, per slice.
@@ -76,7 +79,8 @@ pub struct RoleReplicas {
 }
 
 /// `scale-role`: one role's replicas, to advise on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ScaleRequest {
     /// The set, as JSON.
     pub set: String,
@@ -87,14 +91,16 @@ pub struct ScaleRequest {
 }
 
 /// A scaling plugin's proposal.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ScaleAdvice {
     pub replicas: i32,
     pub reason: String,
 }
 
 /// A role's part of a rollout step, as `gate-step` sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RoleStep {
     pub name: String,
     pub old_now: i32,
@@ -107,7 +113,8 @@ pub struct RoleStep {
 }
 
 /// `gate-step`: the step a slice is about to take.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GateRequest {
     pub set_name: String,
     pub namespace: String,
@@ -126,7 +133,8 @@ pub struct GateRequest {
 }
 
 /// A gate's answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum GateDecision {
     Proceed,
     Hold {
@@ -136,7 +144,8 @@ pub enum GateDecision {
 }
 
 /// `validate`: a set, to check against the plugin's rules.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ValidateRequest {
     pub set: String,
     pub config: String,
