@@ -354,99 +354,8 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path();
-    match path {
-        "/version" => {
-            return json_response(
-                StatusCode::OK,
-                &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-kube-sim", "platform": "linux/amd64"}),
-            );
-        }
-        "/healthz" | "/livez" | "/readyz" => return (StatusCode::OK, "ok").into_response(),
-        "/kube-sim/faults" if method == Method::POST => {
-            let config = serde_json::from_slice::<Value>(&body)
-                .map_err(|e| e.to_string())
-                .and_then(|v| crate::faults::FaultConfig::from_json(&v));
-            return match config {
-                Ok(c) => {
-                    sim.faults.set(c);
-                    json_response(StatusCode::OK, &sim.faults.describe())
-                }
-                Err(e) => error_response(&bad_request(e)),
-            };
-        }
-        "/kube-sim/lws" if method == Method::POST => {
-            let config = serde_json::from_slice::<Value>(&body)
-                .map_err(|e| e.to_string())
-                .and_then(|v| crate::lws_sim::LwsSimConfig::from_json(&v));
-            return match config {
-                Ok(c) => {
-                    sim.lws.set(c);
-                    (StatusCode::OK, "ok").into_response()
-                }
-                Err(e) => error_response(&bad_request(e)),
-            };
-        }
-        "/kube-sim/drop-watches" if method == Method::POST => {
-            sim.faults.drop_watches();
-            return (StatusCode::OK, "dropped").into_response();
-        }
-        "/kube-sim/compact" if method == Method::POST => {
-            sim.store.compact();
-            return (StatusCode::OK, "compacted").into_response();
-        }
-        "/kube-sim/restart" if method == Method::POST => {
-            // State is kept; every connection's watch ends, as when an API server restarts.
-            sim.faults.drop_watches();
-            return (StatusCode::OK, "restarted").into_response();
-        }
-        // Aggregated discovery (one request for everything), when asked for.
-        "/api" | "/apis" if wants_aggregated(&headers) => {
-            let body = aggregated_discovery(&sim, path == "/api");
-            return (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, AGGREGATED_DISCOVERY)],
-                body.to_string(),
-            )
-                .into_response();
-        }
-        "/api" => {
-            return json_response(
-                StatusCode::OK,
-                &json!({"kind": "APIVersions", "versions": ["v1"],
-                        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
-            );
-        }
-        "/apis" => return json_response(StatusCode::OK, &group_list(&sim.store)),
-        "/openapi/v3" => {
-            let docs: Vec<(String, String, Value)> = group_versions(&sim.store)
-                .into_iter()
-                .map(|(g, v)| {
-                    let doc = openapi_document(&sim, &g, &v);
-                    (g, v, doc)
-                })
-                .collect();
-            return json_response(StatusCode::OK, &crate::openapi::index(&docs));
-        }
-        _ => {}
-    }
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segs.as_slice() {
-        ["api", v] => return json_response(StatusCode::OK, &resource_list(&sim, "", v)),
-        ["apis", g, v] => return json_response(StatusCode::OK, &resource_list(&sim, g, v)),
-        ["openapi", "v3", "api", v] => {
-            return json_response(StatusCode::OK, &openapi_document(&sim, "", v));
-        }
-        ["openapi", "v3", "apis", g, v] => {
-            return json_response(StatusCode::OK, &openapi_document(&sim, g, v));
-        }
-        _ => {}
-    }
-    if path == "/kube-sim/stats" {
-        use std::sync::atomic::Ordering::Relaxed;
-        return json_response(
-            StatusCode::OK,
-            &json!({"reads": sim.reads.load(Relaxed), "writes": sim.writes.load(Relaxed)}),
-        );
+    if let Some(response) = fixed_path(&sim, &method, path, &headers, &body) {
+        return response;
     }
     let Some(target) = parse_path(path) else {
         return error_response(&StoreError {
@@ -477,58 +386,7 @@ async fn handle(
     } else {
         body
     };
-    let counter = if method == Method::GET {
-        &sim.reads
-    } else {
-        &sim.writes
-    };
-    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    if let Some(token) = &token
-        && sim.faults.black_holed(token)
-    {
-        while sim.faults.black_holed(token) {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        return error_response(&StoreError {
-            code: 503,
-            reason: "ServiceUnavailable",
-            message: "the request was black-holed (injected by kube-sim)".into(),
-        });
-    }
-    if let Some(token) = &token
-        && method != Method::GET
-    {
-        sim.faults.served_write(token);
-    }
-    let latency = sim.faults.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    if let Some((code, reason, message)) = sim.faults.denial(method.as_str(), path) {
-        return error_response(&StoreError {
-            code,
-            reason,
-            message,
-        });
-    }
-    if method != Method::GET
-        && let Some((code, reason, message)) = sim.faults.write_failure()
-    {
-        let mut response = error_response(&StoreError {
-            code,
-            reason,
-            message,
-        });
-        if code == 429 {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        }
+    if let Some(response) = injected_fault(&sim, &method, path, &headers).await {
         return response;
     }
     let is_crd = target.resource == crd_resource();
@@ -564,6 +422,179 @@ async fn handle(
         Ok((response, _)) => response,
         Err(e) => error_response(&e),
     }
+}
+
+/// The paths that are not resources: version, health, discovery, OpenAPI,
+/// and kube-sim's own admin endpoints.
+fn fixed_path(
+    sim: &Arc<Sim>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response> {
+    match path {
+        "/version" => {
+            return Some(json_response(
+                StatusCode::OK,
+                &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-kube-sim", "platform": "linux/amd64"}),
+            ));
+        }
+        "/healthz" | "/livez" | "/readyz" => return Some((StatusCode::OK, "ok").into_response()),
+        "/kube-sim/faults" if method == Method::POST => {
+            let config = serde_json::from_slice::<Value>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| crate::faults::FaultConfig::from_json(&v));
+            return Some(match config {
+                Ok(c) => {
+                    sim.faults.set(c);
+                    json_response(StatusCode::OK, &sim.faults.describe())
+                }
+                Err(e) => error_response(&bad_request(e)),
+            });
+        }
+        "/kube-sim/lws" if method == Method::POST => {
+            let config = serde_json::from_slice::<Value>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| crate::lws_sim::LwsSimConfig::from_json(&v));
+            return Some(match config {
+                Ok(c) => {
+                    sim.lws.set(c);
+                    (StatusCode::OK, "ok").into_response()
+                }
+                Err(e) => error_response(&bad_request(e)),
+            });
+        }
+        "/kube-sim/drop-watches" if method == Method::POST => {
+            sim.faults.drop_watches();
+            return Some((StatusCode::OK, "dropped").into_response());
+        }
+        "/kube-sim/compact" if method == Method::POST => {
+            sim.store.compact();
+            return Some((StatusCode::OK, "compacted").into_response());
+        }
+        "/kube-sim/restart" if method == Method::POST => {
+            // State is kept; every connection's watch ends, as when an API server restarts.
+            sim.faults.drop_watches();
+            return Some((StatusCode::OK, "restarted").into_response());
+        }
+        // Aggregated discovery (one request for everything), when asked for.
+        "/api" | "/apis" if wants_aggregated(headers) => {
+            let body = aggregated_discovery(sim, path == "/api");
+            return Some(
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, AGGREGATED_DISCOVERY)],
+                    body.to_string(),
+                )
+                    .into_response(),
+            );
+        }
+        "/api" => {
+            return Some(json_response(
+                StatusCode::OK,
+                &json!({"kind": "APIVersions", "versions": ["v1"],
+                        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+            ));
+        }
+        "/apis" => return Some(json_response(StatusCode::OK, &group_list(&sim.store))),
+        "/openapi/v3" => {
+            let docs: Vec<(String, String, Value)> = group_versions(&sim.store)
+                .into_iter()
+                .map(|(g, v)| {
+                    let doc = openapi_document(sim, &g, &v);
+                    (g, v, doc)
+                })
+                .collect();
+            return Some(json_response(StatusCode::OK, &crate::openapi::index(&docs)));
+        }
+        _ => {}
+    }
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", v] => return Some(json_response(StatusCode::OK, &resource_list(sim, "", v))),
+        ["apis", g, v] => return Some(json_response(StatusCode::OK, &resource_list(sim, g, v))),
+        ["openapi", "v3", "api", v] => {
+            return Some(json_response(StatusCode::OK, &openapi_document(sim, "", v)));
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return Some(json_response(StatusCode::OK, &openapi_document(sim, g, v)));
+        }
+        _ => {}
+    }
+    if path == "/kube-sim/stats" {
+        use std::sync::atomic::Ordering::Relaxed;
+        return Some(json_response(
+            StatusCode::OK,
+            &json!({"reads": sim.reads.load(Relaxed), "writes": sim.writes.load(Relaxed)}),
+        ));
+    }
+    None
+}
+
+/// What the fault injection does to this request, if anything: a black
+/// hole, latency (then `None`), a denial, or a failed write.
+async fn injected_fault(
+    sim: &Arc<Sim>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let counter = if method == Method::GET {
+        &sim.reads
+    } else {
+        &sim.writes
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    if let Some(token) = &token
+        && sim.faults.black_holed(token)
+    {
+        while sim.faults.black_holed(token) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        return Some(error_response(&StoreError {
+            code: 503,
+            reason: "ServiceUnavailable",
+            message: "the request was black-holed (injected by kube-sim)".into(),
+        }));
+    }
+    if let Some(token) = &token
+        && method != Method::GET
+    {
+        sim.faults.served_write(token);
+    }
+    let latency = sim.faults.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some((code, reason, message)) = sim.faults.denial(method.as_str(), path) {
+        return Some(error_response(&StoreError {
+            code,
+            reason,
+            message,
+        }));
+    }
+    if method != Method::GET
+        && let Some((code, reason, message)) = sim.faults.write_failure()
+    {
+        let mut response = error_response(&StoreError {
+            code,
+            reason,
+            message,
+        });
+        if code == 429 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        return Some(response);
+    }
+    None
 }
 
 #[cfg(test)]
