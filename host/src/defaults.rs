@@ -23,15 +23,16 @@ pub fn plugin_configmaps() -> Vec<k8s_openapi::api::core::v1::ConfigMap> {
         .collect()
 }
 
-/// The component of the shipped plugin `name` (gzip-compressed), if there is one.
-pub fn shipped_component(name: &str) -> Option<Vec<u8>> {
+/// Every shipped plugin's component (gzip-compressed), by plugin name.
+pub fn shipped_components() -> std::collections::BTreeMap<String, Vec<u8>> {
     plugin_configmaps()
         .into_iter()
-        .find(|cm| cm.metadata.name.as_deref() == Some(name))
         .map(|cm| {
-            crate::controller::plugins::component_of(&cm)
-                .expect("deploy/plugins ConfigMaps hold a component")
+            let bytes = crate::controller::plugins::component_of(&cm)
+                .expect("deploy/plugins ConfigMaps hold a component");
+            (cm.metadata.name.unwrap_or_default(), bytes)
         })
+        .collect()
 }
 
 /// [`DEFAULT_PLUGINS`], parsed.

@@ -23,11 +23,15 @@ pub fn plugins(
     given: Vec<(String, Vec<u8>)>,
 ) -> Result<BTreeMap<String, Arc<dyn Plugin>>, String> {
     let mut wanted: Vec<(String, Vec<u8>)> = given;
+    let mut shipped = None;
     for set in sets {
         for b in bindings::effective(defaults, &set.spec.plugins) {
-            if wanted.iter().all(|(n, _)| *n != b.name)
-                && let Some(bytes) = crate::defaults::shipped_component(&b.name)
-            {
+            if wanted.iter().any(|(n, _)| *n == b.name) {
+                continue;
+            }
+            // Read deploy/'s ConfigMaps once, and only if a binding needs them.
+            let shipped = shipped.get_or_insert_with(crate::defaults::shipped_components);
+            if let Some(bytes) = shipped.remove(&b.name) {
                 wanted.push((b.name, bytes));
             }
         }

@@ -115,6 +115,7 @@ fn kubectl_create_sends_protobuf_and_it_is_read() {
             "-n",
             "team-a",
             "--from-literal=a=b",
+            "--from-literal=empty=",
             &from_file,
         ],
     ));
@@ -151,6 +152,10 @@ fn kubectl_create_sends_protobuf_and_it_is_read() {
         ]),
         "b"
     );
+    // An empty value is data, not an unset field.
+    let cm: serde_json::Value =
+        serde_json::from_str(&get(&["get", "cm", "gate", "-n", "team-a", "-o", "json"])).unwrap();
+    assert_eq!(cm["data"]["empty"], "", "{cm}");
     // Not UTF-8: kubectl puts it in binaryData, and it arrives byte for byte.
     assert_eq!(
         get(&[

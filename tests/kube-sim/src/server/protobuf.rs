@@ -64,7 +64,7 @@ pub(super) fn to_json(body: &[u8]) -> Result<Bytes, StoreError> {
     };
     object["apiVersion"] = json!(api_version);
     object["kind"] = json!(kind);
-    strip_nulls(&mut object);
+    strip_unset(&mut object);
     Ok(Bytes::from(object.to_string()))
 }
 
@@ -94,15 +94,24 @@ fn base64_map(map: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Unset protobuf fields are absent in JSON, not null or empty.
-fn strip_nulls(v: &mut Value) {
-    if let Value::Object(o) = v {
-        o.retain(|_, x| {
-            !(x.is_null()
-                || x.as_object().is_some_and(|m| m.is_empty())
-                || x.as_array().is_some_and(|a| a.is_empty())
-                || x.as_str() == Some(""))
-        });
-        o.values_mut().for_each(strip_nulls);
+/// Unset protobuf fields are absent in JSON, not null or empty: pruned at
+/// the object's own levels (top, `metadata`, `spec`), never inside a map of
+/// user data, where an empty value (`--from-literal=k=`, a label `""`) is data.
+fn strip_unset(object: &mut Value) {
+    fn prune(level: &mut Value) {
+        if let Value::Object(o) = level {
+            o.retain(|_, x| {
+                !(x.is_null()
+                    || x.as_object().is_some_and(|m| m.is_empty())
+                    || x.as_array().is_some_and(|a| a.is_empty())
+                    || x.as_str() == Some(""))
+            });
+        }
     }
+    for level in ["metadata", "spec"] {
+        if let Some(inner) = object.get_mut(level) {
+            prune(inner);
+        }
+    }
+    prune(object);
 }
