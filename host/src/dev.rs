@@ -82,10 +82,8 @@ pub async fn run(
     });
     std::fs::write(&options.kubeconfig, kube_sim::kubeconfig(addr))
         .map_err(|e| format!("--kubeconfig {}: {e}", options.kubeconfig.display()))?;
-    let client = kube::Client::try_from(kube::Config::new(
-        format!("http://{addr}").parse().expect("a valid URL"),
-    ))
-    .map_err(|e| e.to_string())?;
+    let config = kube::Config::new(format!("http://{addr}").parse().expect("a valid URL"));
+    let client = kube::Client::try_from(config.clone()).map_err(|e| e.to_string())?;
 
     install(&client, options.lws_crd.as_ref()).await?;
     if options.plugin_dir.is_none() {
@@ -98,9 +96,10 @@ pub async fn run(
         leader_election: None,
         default_plugins: options.default_plugins.clone(),
         limits: crate::plugin::Limits::default(),
+        concurrency: controller::DEFAULT_CONCURRENCY,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(controller::run(client.clone(), operator, async {
+    let controller = tokio::spawn(controller::run(config, operator, async {
         let _ = stop_rx.await;
     }));
     println!(

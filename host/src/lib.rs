@@ -21,5 +21,6 @@ pub mod defaults;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod input;
+pub mod plugin_new;
 pub mod plugin_run;
 pub mod render;

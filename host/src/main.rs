@@ -84,6 +84,10 @@ struct RunArgs {
     /// How long the leader's Lease lasts without renewal; a standby takes over after it.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// How many sets are reconciled at once; plugin calls run inside reconciles,
+    /// so this also bounds how many run at once.
+    #[arg(long, env = "DISAGG_CONCURRENCY", default_value_t = disagg::controller::DEFAULT_CONCURRENCY)]
+    concurrency: u16,
     /// Plugin bindings every set gets, as a YAML or JSON list in the shape of `spec.plugins`
     /// (a set's own binding of the same name replaces a default; `roles: []` turns it off).
     #[arg(long, env = "DISAGG_DEFAULT_PLUGINS", default_value = "[]")]
@@ -147,6 +151,19 @@ enum PluginCommand {
         #[arg(long, requires = "set")]
         config: Option<String>,
     },
+    /// Write a buildable plugin skeleton with a test: a rollout gate in Rust, C or JavaScript.
+    New {
+        /// The plugin's name (its ConfigMap's name, which sets bind to).
+        name: String,
+        #[arg(long, value_enum)]
+        lang: disagg::plugin_new::Lang,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The guest SDK a Rust skeleton depends on (default: this checkout's guest-sdk/).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Check a component, then print it as a plugin ConfigMap (gzip-compressed) for the operator's namespace.
     Configmap {
         /// The plugin's name (the ConfigMap's name, which sets bind to).
@@ -176,8 +193,6 @@ fn run(args: RunArgs) -> ExitCode {
                 .await
                 .map_err(|e| format!("no cluster configuration found: {e}"))?,
         };
-        let client =
-            kube::Client::try_from(config).map_err(|e| format!("cannot build a client: {e}"))?;
         let default_plugins = bindings::parse_defaults(&args.default_plugins)?;
         let options = disagg::controller::Options {
             namespace: args.namespace,
@@ -199,8 +214,9 @@ fn run(args: RunArgs) -> ExitCode {
                 component_bytes: args.max_component_mib.clamp(1, 64) << 20,
                 ..Limits::default()
             },
+            concurrency: args.concurrency,
         };
-        disagg::controller::run(client, options, shutdown_signal()).await
+        disagg::controller::run(config, options, shutdown_signal()).await
     })
 }
 
@@ -333,6 +349,18 @@ fn main() -> ExitCode {
         }
         Command::Plugin {
             command:
+                PluginCommand::New {
+                    name,
+                    lang,
+                    dir,
+                    sdk,
+                },
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            disagg::plugin_new::create(&name, lang, &dir, sdk.as_deref()).map_err(CliError::Usage)
+        }
+        Command::Plugin {
+            command:
                 PluginCommand::Configmap {
                     name,
                     namespace,
@@ -350,6 +378,10 @@ fn main() -> ExitCode {
             ExitCode::from(PLUGIN_FAILED)
         }
         Err(CliError::Input(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(BAD_INPUT)
+        }
+        Err(CliError::Usage(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(BAD_INPUT)
         }
@@ -378,6 +410,8 @@ fn emit(out: &str) {
 enum CliError {
     /// Bad input: nothing printed but the error.
     Input(InputError),
+    /// Bad arguments (the message names which): nothing printed but the error.
+    Usage(String),
     /// A plugin under failure policy Fail stopped some roles; the rest is printed.
     Partial(String),
     /// A plugin was called and failed: nothing is printed but the error.

@@ -1,5 +1,7 @@
 //! The same custom rollout gate in three languages (examples/rust-gate,
-//! examples/c-gate, examples/js-gate) must decide alike.
+//! examples/c-gate, examples/js-gate) must decide alike, and
+//! `disagg plugin new` must write a skeleton in each that builds and passes
+//! its own test.
 //!
 //! The Rust one is built by the test; the C and JavaScript ones by
 //! `examples/build.sh` (CI runs it and sets DISAGG_REQUIRE_EXAMPLES=1, which
@@ -158,4 +160,173 @@ fn js_gate_decides_like_the_rust_one() {
         );
         check("js-gate", &path);
     }
+}
+
+// `disagg plugin new`: each skeleton, written into a fresh directory outside
+// this repository, builds and passes its own tests as its README says.
+
+fn skeleton(name: &str, lang: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("disagg-new-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = common::disagg(&[
+        "plugin",
+        "new",
+        name,
+        "--lang",
+        lang,
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second time refuses to overwrite what is there.
+    let again = common::disagg(&[
+        "plugin",
+        "new",
+        name,
+        "--lang",
+        lang,
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty")
+    );
+    dir
+}
+
+fn run_in(dir: &std::path::Path, program: &str, args: &[&str], env: &[(&str, std::path::PathBuf)]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
+        .env("DISAGG", env!("CARGO_BIN_EXE_disagg"))
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {}:\n{}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `disagg plugin check` and `run` on a skeleton's component: it is the named
+/// gate, holding the unapproved step and passing the approved one.
+fn check_skeleton(name: &str, dir: &std::path::Path, wasm: &std::path::Path) {
+    let out = common::disagg(&["plugin", "check", wasm.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let facts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&facts["name"], &facts["hooks"]),
+        (&json!(name), &json!(["gate-step"]))
+    );
+    for (request, want) in [("held", "hold"), ("approved", "proceed")] {
+        let request = dir.join(format!("test/{request}.json"));
+        let out = common::disagg(&[
+            "plugin",
+            "run",
+            wasm.to_str().unwrap(),
+            "--hook",
+            "gate-step",
+            "--request",
+            request.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let answer = &report["answer"];
+        assert!(
+            answer == want || answer.get(want).is_some(),
+            "{name} {}: {report}",
+            request.display()
+        );
+    }
+}
+
+#[test]
+fn plugin_new_writes_a_rust_gate_that_builds_and_passes_its_tests() {
+    let dir = skeleton("approval-gate", "rust");
+    // The workspace's lock file: the same dependency versions as the SDK is tested with.
+    std::fs::copy(repo("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_in(
+        &dir,
+        &cargo,
+        &["test", "--quiet"],
+        &[("CARGO_TARGET_DIR", repo("target/skeleton"))],
+    );
+    // Built as its README says; the tutorial's target directory has the same profile and dependencies.
+    run_in(
+        &dir,
+        &cargo,
+        &["build", "--quiet", "--release", "--target", "wasm32-wasip2"],
+        &[("CARGO_TARGET_DIR", repo("target/tutorial"))],
+    );
+    let wasm = repo("target/tutorial/wasm32-wasip2/release/approval_gate.wasm");
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert!(readme.contains("disagg plugin check target/wasm32-wasip2/release/approval_gate.wasm"));
+    check_skeleton("approval-gate", &dir, &wasm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plugin_new_writes_a_c_gate_that_builds_and_passes_its_tests() {
+    // The toolchain examples/build.sh installs; without it this is skipped like the C example.
+    if foreign("c_gate.wasm").is_none() {
+        return;
+    }
+    let dir = skeleton("approval-gate-c", "c");
+    let tools = [
+        ("WIT_BINDGEN", repo("target/tools/bin/wit-bindgen")),
+        ("JCO", repo("examples/js-gate/node_modules/.bin/jco")),
+    ];
+    run_in(&dir, "./test.sh", &[], &tools);
+    check_skeleton(
+        "approval-gate-c",
+        &dir,
+        &dir.join("build/approval-gate-c.wasm"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plugin_new_writes_a_js_gate_that_builds_and_passes_its_tests() {
+    if foreign("js_gate.wasm").is_none() {
+        return;
+    }
+    let dir = skeleton("approval-gate-js", "js");
+    // `npm install` would fetch the toolchain the JS example already has: the
+    // same versions (checked here), so the skeleton borrows its node_modules.
+    let deps = |file: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&read(&file)).unwrap()["devDependencies"]
+            .clone()
+    };
+    assert_eq!(
+        deps(dir.join("package.json")),
+        deps(repo("examples/js-gate/package.json"))
+    );
+    std::os::unix::fs::symlink(
+        repo("examples/js-gate/node_modules"),
+        dir.join("node_modules"),
+    )
+    .unwrap();
+    run_in(&dir, "npm", &["test", "--silent"], &[]);
+    check_skeleton(
+        "approval-gate-js",
+        &dir,
+        &dir.join("build/approval-gate-js.wasm"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

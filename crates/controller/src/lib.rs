@@ -7,8 +7,10 @@
 //! disagg-api ← disagg-core ← disagg-plugin ← disagg-controller ← disagg (CLI)
 //! ```
 //!
-//! * [`reconcile`]: observe → decide → execute (plain creates for new
-//!   objects, merge patches for replicas) → report (status, Events).
+//! * [`reconcile`]: observe (from [`cache`], no API reads) → decide →
+//!   execute (plain creates for new objects, merge patches for replicas) →
+//!   report (status, Events).
+//! * [`cache`]: the watches' stores and the writes they have not shown yet.
 //! * [`plugins`]: plugins from ConfigMaps or `--plugin-dir`, swapped in when they change.
 //! * [`metrics`]: Prometheus metrics; `/healthz`, `/readyz` and `/metrics` are served together.
 //! * [`leader`]: leader election on a Lease, so that two replicas can run.
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod cache;
 pub mod health;
 pub mod leader;
 pub mod metrics;
@@ -33,15 +36,18 @@ use disagg_core::text::truncate;
 use disagg_plugin::{Limits, Runtime};
 use futures::StreamExt;
 use kube::api::{Api, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{Predicate as _, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// How many sets are reconciled at once unless `--concurrency` says otherwise.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "disaggregatedset-operator";
@@ -81,6 +87,9 @@ pub struct Context {
     /// Child writes the API server refused, waiting to be retried.
     pub backoff: backoff::Backoff,
     pub health: Arc<health::Health>,
+    /// Children and scalers as the watches show them, and the operator's
+    /// writes they have not shown yet.
+    pub caches: cache::Caches,
 }
 
 impl Context {
@@ -138,14 +147,33 @@ pub struct Options {
     pub limits: Limits,
     /// Plugin bindings for every set (a set's own binding of the same name wins).
     pub default_plugins: Vec<DefaultBinding>,
+    /// How many sets are reconciled at once (each runs its plugin calls on a
+    /// thread of its own, so this also bounds concurrent plugin calls).
+    pub concurrency: u16,
 }
 
-/// Runs the operator until `shutdown` completes; in-flight reconciles finish first.
+/// A client for `config` whose every request is counted in the operator's
+/// `disagg_api_requests_total`, so users can see its load on their API server.
+fn counted_client(config: kube::Config, metrics: Arc<metrics::Metrics>) -> Result<Client, String> {
+    let count =
+        tower::util::MapRequestLayer::new(move |req: axum::http::Request<kube::client::Body>| {
+            metrics.api_request(req.method(), req.uri());
+            req
+        });
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    Ok(builder.with_layer(&count).build())
+}
+
+/// Runs the operator against the API server of `config` until `shutdown`
+/// completes; in-flight reconciles finish first.
 pub async fn run(
-    client: Client,
+    config: kube::Config,
     options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let client = counted_client(config, metrics.clone())?;
     let runtime = Runtime::new(options.limits)?;
     let (registry, wake) = plugins::Registry::new(runtime);
     let recorder = Recorder::new(
@@ -155,7 +183,6 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
-    let metrics = Arc::new(metrics::Metrics::default());
     {
         let metrics = metrics.clone();
         registry
@@ -204,6 +231,44 @@ pub async fn run(
     }
     tracing::info!(plugins = ?registry.names(), "plugins listed");
 
+    // One watch per kind: it fills the store reconciles read from and
+    // triggers them. Sets trigger only on what changes what the operator
+    // does (generation, labels, annotations), so its own status writes do not
+    // come back as work; children and scalers on any change.
+    let (sets, sets_writer) = reflector::store();
+    let set_events = watcher(
+        Api::<DisaggregatedSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(cache::slim)
+    .reflect(sets_writer)
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::labels)
+            .combine(predicates::annotations),
+        Default::default(),
+    );
+    let (children, children_writer) = reflector::store();
+    let child_events = watcher(
+        Api::<LeaderWorkerSet>::all(client.clone()),
+        watcher::Config::default().labels(keys::NAME),
+    )
+    .default_backoff()
+    .modify(cache::slim)
+    .reflect(children_writer)
+    .touched_objects();
+    let (scalers, scalers_writer) = reflector::store();
+    let scaler_events = watcher(
+        Api::<DisaggregatedSetRoleScaler>::all(client.clone()),
+        watcher::Config::default().labels(keys::NAME),
+    )
+    .default_backoff()
+    .modify(cache::slim)
+    .reflect(scalers_writer)
+    .touched_objects();
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         plugins: registry,
@@ -212,6 +277,7 @@ pub async fn run(
         default_plugins: options.default_plugins,
         backoff: backoff::Backoff::default(),
         health: health.clone(),
+        caches: cache::Caches::new(children, scalers),
     });
     let wake = futures::stream::unfold(
         wake,
@@ -237,26 +303,18 @@ pub async fn run(
             _ = lost_rx => {}
         }
     };
-    let controller = Controller::new(
-        Api::<DisaggregatedSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(
-        Api::<LeaderWorkerSet>::all(client.clone()),
-        watcher::Config::default().labels(keys::NAME),
-    )
-    .owns(
-        Api::<DisaggregatedSetRoleScaler>::all(client.clone()),
-        watcher::Config::default().labels(keys::NAME),
-    )
-    .reconcile_all_on(wake)
-    .graceful_shutdown_on(stop)
-    .run(reconcile::reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "reconcile");
-        }
-    });
+    let controller = Controller::for_stream(set_events, sets)
+        .owns_stream(child_events)
+        .owns_stream(scaler_events)
+        .with_config(controller::Config::default().concurrency(options.concurrency.max(1)))
+        .reconcile_all_on(wake)
+        .graceful_shutdown_on(stop)
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        });
     let Some(elector) = elector else {
         controller.await;
         tracing::info!("stopped");

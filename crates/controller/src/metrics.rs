@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
@@ -30,6 +31,12 @@ struct PluginCall {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequest {
+    verb: &'static str,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginFailure {
     plugin: String,
     reason: &'static str,
@@ -43,6 +50,8 @@ pub struct Metrics {
     steps: Family<Step, Counter>,
     plugin_failures: Family<PluginFailure, Counter>,
     plugin_calls: Family<PluginCall, Histogram, fn() -> Histogram>,
+    api_requests: Family<ApiRequest, Counter>,
+    in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -87,8 +96,22 @@ impl Default for Metrics {
             "Plugin hook calls (fresh instance + call), by plugin, hook and result",
             plugin_calls.clone(),
         );
+        let api_requests = Family::<ApiRequest, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests the operator sent to the API server, by verb and resource (watches count once, when opened)",
+            api_requests.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles running now (at most --concurrency)",
+            in_flight.clone(),
+        );
         Metrics {
             registry,
+            api_requests,
+            in_flight,
             reconciles,
             errors,
             duration,
@@ -100,6 +123,49 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A reconcile that did not decide, because the stores had not shown
+    /// the set's last writes yet (`cache`).
+    pub fn deferred(&self) {
+        self.reconciles
+            .get_or_create(&Outcome { result: "deferred" })
+            .inc();
+    }
+
+    /// Counts a reconcile as running until the guard drops.
+    pub fn running(&self) -> impl Drop + '_ {
+        struct Running<'a>(&'a Gauge);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.in_flight.inc();
+        Running(&self.in_flight)
+    }
+
+    /// Counts one request to the API server by verb (get, list, watch,
+    /// create, update, patch, delete) and resource (`leaderworkersets`,
+    /// `disaggregatedsets/status`, …), read from its method and path.
+    pub fn api_request(&self, method: &axum::http::Method, uri: &axum::http::Uri) {
+        let (resource, named) = resource_of(uri.path());
+        let watch = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        let verb = match method.as_str() {
+            "GET" if watch => "watch",
+            "GET" if named => "get",
+            "GET" => "list",
+            "POST" => "create",
+            "PUT" => "update",
+            "PATCH" => "patch",
+            "DELETE" => "delete",
+            _ => "other",
+        };
+        self.api_requests
+            .get_or_create(&ApiRequest { verb, resource })
+            .inc();
+    }
+
     pub fn reconciled(&self, took: Duration, error: Option<&super::Error>) {
         self.duration.observe(took.as_secs_f64());
         let result = if error.is_some() { "error" } else { "ok" };
@@ -144,6 +210,29 @@ impl Metrics {
     }
 }
 
+/// The resource (with its subresource) a request path is about, and
+/// whether it names one object: `/api/v1/namespaces/NS/configmaps/NAME` is
+/// (`configmaps`, true), `/apis/G/V/namespaces/NS/leaderworkersets/NAME/status`
+/// (`leaderworkersets/status`, true).
+fn resource_of(path: &str) -> (String, bool) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.as_slice() {
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => return ("other".into(), false),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, resource, tail @ ..] => [&[*resource][..], tail].concat(),
+        other => other.to_vec(),
+    };
+    match rest.as_slice() {
+        [] => ("discovery".into(), false),
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub, ..] => (format!("{resource}/{sub}"), true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +262,33 @@ mod tests {
             text.contains(r#"disagg_plugin_call_duration_seconds_count{plugin="rollout-gate",hook="gate-step",result="error"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn api_requests_are_counted_by_verb_and_resource() {
+        let m = Metrics::default();
+        let lws = "/apis/leaderworkerset.x-k8s.io/v1";
+        for (method, uri) in [
+            ("GET", format!("{lws}/leaderworkersets?labelSelector=x&watch=true")),
+            ("GET", format!("{lws}/leaderworkersets?labelSelector=x")),
+            ("POST", format!("{lws}/namespaces/ns/leaderworkersets")),
+            ("PATCH", format!("{lws}/namespaces/ns/leaderworkersets/a")),
+            ("PATCH", format!("{lws}/namespaces/ns/leaderworkersets/b")),
+            ("GET", "/api/v1/namespaces/lws-system".to_string()),
+            ("PATCH", "/apis/disaggregatedset.x-k8s.io/v1alpha1/namespaces/ns/disaggregatedsets/llm/status?fieldManager=x".to_string()),
+        ] {
+            m.api_request(&method.parse().unwrap(), &uri.parse().unwrap());
+        }
+        let text = m.encode();
+        for line in [
+            r#"disagg_api_requests_total{verb="watch",resource="leaderworkersets"} 1"#,
+            r#"disagg_api_requests_total{verb="list",resource="leaderworkersets"} 1"#,
+            r#"disagg_api_requests_total{verb="create",resource="leaderworkersets"} 1"#,
+            r#"disagg_api_requests_total{verb="patch",resource="leaderworkersets"} 2"#,
+            r#"disagg_api_requests_total{verb="get",resource="namespaces"} 1"#,
+            r#"disagg_api_requests_total{verb="patch",resource="disaggregatedsets/status"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

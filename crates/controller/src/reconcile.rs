@@ -4,6 +4,7 @@
 //! write is idempotent and derived from what is observed, so a reconcile
 //! interrupted anywhere is finished by the next one.
 
+use super::cache::{Expectation, Kind};
 use super::{Context, Error, FIELD_MANAGER};
 use disagg_api::keys;
 use disagg_api::lws::LeaderWorkerSet;
@@ -11,7 +12,7 @@ use disagg_api::scaler::DisaggregatedSetRoleScaler;
 use disagg_api::set::{DisaggregatedSet, DisaggregatedSetStatus};
 use disagg_core::decide::{self, Observed, Planned, Scope, Write, WriteFailure};
 use disagg_core::render::is_controlled_by;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub async fn reconcile(set: Arc<DisaggregatedSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = std::time::Instant::now();
+    let _counted = ctx.metrics.running();
     let _running = ctx.health.reconciling(format!(
         "{}/{}",
         set.namespace().unwrap_or_default(),
@@ -38,20 +40,28 @@ async fn reconcile_inner(
 ) -> Result<Requeue, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         // Garbage collection takes the children with the set.
+        ctx.caches.forget(set);
         return Ok(Requeue::await_change());
     }
     let ns = set.namespace().unwrap_or_default();
     let lws_api: Api<LeaderWorkerSet> = Api::namespaced(ctx.client.clone(), &ns);
     let scaler_api: Api<DisaggregatedSetRoleScaler> = Api::namespaced(ctx.client.clone(), &ns);
 
-    // Observe.
-    let selector = format!("{}={}", keys::NAME, set.name_any());
-    let children = lws_api
-        .list(&ListParams::default().labels(&selector))
-        .await?;
-    let scalers = scaler_api
-        .list(&ListParams::default().labels(&selector))
-        .await?;
+    // Observe, from the watches' stores: no API reads. Not before they have
+    // listed once, nor while they have not shown this set's last writes.
+    let listed = tokio::time::timeout(Duration::from_secs(10), ctx.caches.ready()).await;
+    if !matches!(listed, Ok(true)) {
+        return Err(Error::Internal(
+            "the LeaderWorkerSet and RoleScaler watches have not listed yet (is the API server reachable, and may the operator list and watch both?)".into(),
+        ));
+    }
+    if let Some(wait) = ctx.caches.unmet(set) {
+        ctx.metrics.deferred();
+        return Ok(Requeue::requeue(wait));
+    }
+    let set = &ctx.caches.freshest(set);
+    let children = ctx.caches.children_of(set);
+    let scalers = ctx.caches.scalers_of(set);
 
     // Decide (plugins run here: blocking work off the async threads).
     let mut plan = {
@@ -59,8 +69,8 @@ async fn reconcile_inner(
         tokio::task::spawn_blocking(move || {
             decide::decide(&Observed {
                 set: &set,
-                children: &children.items,
-                scalers: &scalers.items,
+                children: &children,
+                scalers: &scalers,
                 defaults: &ctx.default_plugins,
                 plugins: ctx.plugins.as_ref(),
                 now: k8s_openapi::jiff::Timestamp::now(),
@@ -181,7 +191,8 @@ fn refusal(e: &Error) -> Option<String> {
     }
 }
 
-/// One write to a child, and its Event.
+/// One write to a child, and its Event; the store must show it before the
+/// set is decided again.
 async fn write_child(
     set: &DisaggregatedSet,
     ctx: &Context,
@@ -190,44 +201,56 @@ async fn write_child(
 ) -> Result<(), Error> {
     let pp = ctx.patch_params();
     let name = write.object();
-    let made = match write {
-        Write::CreateChild(lws) => {
-            match api.create(&create_params(), lws).await {
-                Ok(_) => true,
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    let existing = api.get(name).await?;
-                    if !is_controlled_by(&existing.metadata, &set.uid().unwrap_or_default()) {
-                        return Err(Error::Refused(format!(
-                            "another object, not controlled by this set, already holds the name {name}; the operator never adopts it: delete or rename it (AlreadyExists)"
-                        )));
-                    }
-                    // Ours, created by an earlier reconcile our view had not seen yet.
-                    false
+    let (made, version) = match write {
+        Write::CreateChild(lws) => match api.create(&create_params(), lws).await {
+            Ok(created) => (true, Some(created.resource_version())),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let existing = api.get(name).await?;
+                if !is_controlled_by(&existing.metadata, &set.uid().unwrap_or_default()) {
+                    return Err(Error::Refused(format!(
+                        "another object, not controlled by this set, already holds the name {name}; the operator never adopts it: delete or rename it (AlreadyExists)"
+                    )));
                 }
-                Err(e) => return Err(e.into()),
+                // Ours, created by an earlier reconcile the store had not shown yet.
+                (false, Some(existing.resource_version()))
             }
-        }
+            Err(e) => return Err(e.into()),
+        },
         Write::ScaleChild { replicas, .. } => {
             let patch = json!({"spec": {"replicas": replicas}});
-            existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?
+            let patched = existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?;
+            (patched.is_some(), patched.map(|o| o.resource_version()))
         }
         Write::AnnotateChild {
             initial_replicas, ..
         } => {
             let value = initial_replicas.map(|v| v.to_string());
             let patch = json!({"metadata": {"annotations": {keys::INITIAL_REPLICAS: value}}});
-            existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?
+            let patched = existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?;
+            (patched.is_some(), patched.map(|o| o.resource_version()))
         }
-        Write::DeleteChild { .. } => existed(api.delete(name, &DeleteParams::background()).await)?,
+        Write::DeleteChild { .. } => {
+            let deleted = existed(api.delete(name, &DeleteParams::background()).await)?;
+            (deleted.is_some(), None)
+        }
         _ => unreachable!("only child writes come here"),
     };
+    ctx.caches.expect(
+        set,
+        Expectation {
+            kind: Kind::Child,
+            name: name.to_string(),
+            version: version.flatten(),
+        },
+    );
     if made {
         record(set, ctx, write).await;
     }
     Ok(())
 }
 
-/// One write to a scaler, and its Event.
+/// One write to a scaler, and its Event; the store must show it before the
+/// set is decided again.
 async fn write_scaler(
     set: &DisaggregatedSet,
     ctx: &Context,
@@ -235,10 +258,10 @@ async fn write_scaler(
     write: &Write,
 ) -> Result<(), Error> {
     let name = write.object();
-    let made = match write {
+    let (made, version) = match write {
         Write::CreateScaler(scaler) => {
-            api.create(&create_params(), scaler).await?;
-            true
+            let created = api.create(&create_params(), scaler).await?;
+            (true, created.resource_version())
         }
         Write::ScalerStatus {
             replicas,
@@ -248,14 +271,29 @@ async fn write_scaler(
         } => {
             let body = json!({"status": {"replicas": replicas, "selector": selector,
                                          "observedGeneration": observed_generation}});
-            existed(
+            let patched = existed(
                 api.patch_status(name, &ctx.patch_params(), &Patch::Merge(body))
                     .await,
-            )?
+            )?;
+            (
+                patched.is_some(),
+                patched.and_then(|o| o.resource_version()),
+            )
         }
-        Write::DeleteScaler { .. } => existed(api.delete(name, &DeleteParams::background()).await)?,
+        Write::DeleteScaler { .. } => {
+            let deleted = existed(api.delete(name, &DeleteParams::background()).await)?;
+            (deleted.is_some(), None)
+        }
         _ => unreachable!("only scaler writes come here"),
     };
+    ctx.caches.expect(
+        set,
+        Expectation {
+            kind: Kind::Scaler,
+            name: name.to_string(),
+            version,
+        },
+    );
     if made {
         record(set, ctx, write).await;
     }
@@ -298,20 +336,23 @@ async fn write_status(
         "metadata": {"name": set.name_any(), "namespace": set.namespace()},
         "status": status,
     });
-    existed(
+    let written = existed(
         ctx.client_sets(set)
             .patch_status(&set.name_any(), &ctx.apply_params(), &Patch::Apply(body))
             .await,
     )?;
+    if let Some(version) = written.and_then(|s| s.resource_version()) {
+        ctx.caches.wrote_status(set, version, status.clone());
+    }
     Ok(())
 }
 
-/// A write to an object that may have gone meanwhile: `Ok(false)` on 404
+/// A write to an object that may have gone meanwhile: `Ok(None)` on 404
 /// (nothing left to do), the error otherwise.
-fn existed<T>(result: Result<T, kube::Error>) -> Result<bool, Error> {
+fn existed<T>(result: Result<T, kube::Error>) -> Result<Option<T>, Error> {
     match result {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

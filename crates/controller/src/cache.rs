@@ -1,0 +1,332 @@
+//! What the operator knows of the cluster between reconciles, so that a
+//! reconcile makes no API reads: reflector stores of every set's children and
+//! scalers, fed by the same watches that trigger reconciles, and the
+//! operator's own writes those stores have not shown yet.
+//!
+//! A store lags the API server by a watch event. Acting on a store that has
+//! not yet seen the operator's last write would repeat it (harmless, since
+//! every write is idempotent, but it is load) or take a step from an older
+//! state. So every write is remembered as an [`Expectation`] on its object
+//! until the store shows it (ReplicaSet-style expectations, checked by
+//! resourceVersion), and a set with an unmet expectation is not decided:
+//! the watch event that meets it triggers the next reconcile. An expectation
+//! the store never meets (a watch that dropped the event and relisted after
+//! the object changed again) expires after [`EXPECTATION_TTL`].
+
+use disagg_api::keys;
+use disagg_api::lws::LeaderWorkerSet;
+use disagg_api::scaler::DisaggregatedSetRoleScaler;
+use disagg_api::set::{DisaggregatedSet, DisaggregatedSetStatus};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a write may stay unseen before the set is decided anyway.
+pub const EXPECTATION_TTL: Duration = Duration::from_secs(5);
+
+/// Which store an expectation is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Child,
+    Scaler,
+}
+
+/// A write of the operator's that its store must show before the set is
+/// decided again.
+#[derive(Clone, Debug)]
+pub struct Expectation {
+    pub kind: Kind,
+    pub name: String,
+    /// The resourceVersion the write produced, or `None` for a delete (the
+    /// object must be gone or going).
+    pub version: Option<String>,
+}
+
+struct Pending {
+    expectation: Expectation,
+    since: Instant,
+}
+
+/// The stores and what the operator expects them to show.
+pub struct Caches {
+    pub children: Store<LeaderWorkerSet>,
+    pub scalers: Store<DisaggregatedSetRoleScaler>,
+    /// Per set (namespace/name): writes not yet seen.
+    pending: Mutex<HashMap<String, Vec<Pending>>>,
+    /// Per set: the status last written and the set's resourceVersion after it.
+    statuses: Mutex<HashMap<String, (String, DisaggregatedSetStatus)>>,
+}
+
+fn key(set: &DisaggregatedSet) -> String {
+    format!("{}/{}", set.namespace().unwrap_or_default(), set.name_any())
+}
+
+/// Whether `seen` is `wanted` or later. Resource versions are opaque to
+/// clients, but every etcd-backed server (and kube-sim) issues increasing
+/// integers; anything else is compared for equality only, and the
+/// expectation's expiry covers the rest.
+fn at_least(seen: Option<&str>, wanted: &str) -> bool {
+    let Some(seen) = seen else { return false };
+    match (seen.parse::<u64>(), wanted.parse::<u64>()) {
+        (Ok(s), Ok(w)) => s >= w,
+        _ => seen == wanted,
+    }
+}
+
+impl Caches {
+    pub fn new(
+        children: Store<LeaderWorkerSet>,
+        scalers: Store<DisaggregatedSetRoleScaler>,
+    ) -> Self {
+        Caches {
+            children,
+            scalers,
+            pending: Mutex::default(),
+            statuses: Mutex::default(),
+        }
+    }
+
+    /// Waits until both stores have listed once (a reconcile before that
+    /// would see a set with no children and create them all).
+    pub async fn ready(&self) -> bool {
+        self.children.wait_until_ready().await.is_ok()
+            && self.scalers.wait_until_ready().await.is_ok()
+    }
+
+    /// The set's children, as the store shows them.
+    pub fn children_of(&self, set: &DisaggregatedSet) -> Vec<LeaderWorkerSet> {
+        owned(&self.children, set)
+    }
+
+    /// The set's scalers, as the store shows them.
+    pub fn scalers_of(&self, set: &DisaggregatedSet) -> Vec<DisaggregatedSetRoleScaler> {
+        owned(&self.scalers, set)
+    }
+
+    /// Remembers a write the stores must show before the set is decided again.
+    pub fn expect(&self, set: &DisaggregatedSet, expectation: Expectation) {
+        self.pending
+            .lock()
+            .expect("expectations lock")
+            .entry(key(set))
+            .or_default()
+            .push(Pending {
+                expectation,
+                since: Instant::now(),
+            });
+    }
+
+    /// Drops the set's met and expired expectations; returns how long the
+    /// oldest unmet one may still be waited for, or `None` when the stores
+    /// show every write (the set can be decided).
+    pub fn unmet(&self, set: &DisaggregatedSet) -> Option<Duration> {
+        let mut pending = self.pending.lock().expect("expectations lock");
+        let list = pending.get_mut(&key(set))?;
+        let ns = set.namespace().unwrap_or_default();
+        list.retain(|p| p.since.elapsed() < EXPECTATION_TTL && !self.shows(&ns, &p.expectation));
+        let wait = list
+            .iter()
+            .map(|p| EXPECTATION_TTL.saturating_sub(p.since.elapsed()))
+            .max();
+        if list.is_empty() {
+            pending.remove(&key(set));
+        }
+        wait
+    }
+
+    fn shows(&self, ns: &str, e: &Expectation) -> bool {
+        let (version, deleting) = match e.kind {
+            Kind::Child => found(&self.children, ns, &e.name),
+            Kind::Scaler => found(&self.scalers, ns, &e.name),
+        };
+        match &e.version {
+            Some(wanted) => at_least(version.as_deref(), wanted),
+            None => version.is_none() || deleting,
+        }
+    }
+
+    /// Remembers the status just written and the set's version after it.
+    pub fn wrote_status(
+        &self,
+        set: &DisaggregatedSet,
+        version: String,
+        status: DisaggregatedSetStatus,
+    ) {
+        self.statuses
+            .lock()
+            .expect("statuses lock")
+            .insert(key(set), (version, status));
+    }
+
+    /// The set as the operator knows it: the store's copy, with the status
+    /// last written when the store has not shown that write yet (so that a
+    /// reconcile between the write and its watch event neither writes the
+    /// same status again nor decides from the older one).
+    pub fn freshest(&self, set: &Arc<DisaggregatedSet>) -> Arc<DisaggregatedSet> {
+        let mut statuses = self.statuses.lock().expect("statuses lock");
+        let k = key(set);
+        let Some((version, status)) = statuses.get(&k) else {
+            return set.clone();
+        };
+        if at_least(set.resource_version().as_deref(), version) {
+            statuses.remove(&k);
+            return set.clone();
+        }
+        let mut newer = (**set).clone();
+        newer.status = Some(status.clone());
+        Arc::new(newer)
+    }
+
+    /// Forgets a set that is gone.
+    pub fn forget(&self, set: &DisaggregatedSet) {
+        self.pending
+            .lock()
+            .expect("expectations lock")
+            .remove(&key(set));
+        self.statuses
+            .lock()
+            .expect("statuses lock")
+            .remove(&key(set));
+    }
+}
+
+/// The objects of `store` labelled as the set's, in its namespace.
+fn owned<K>(store: &Store<K>, set: &DisaggregatedSet) -> Vec<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (ns, name) = (set.namespace(), set.name_any());
+    store
+        .state_filter(|o| {
+            o.meta().namespace == ns
+                && o.meta().labels.as_ref().and_then(|l| l.get(keys::NAME)) == Some(&name)
+        })
+        .into_iter()
+        .map(|o| (*o).clone())
+        .collect()
+}
+
+/// An object's resourceVersion in the store, and whether it is being deleted.
+fn found<K>(store: &Store<K>, ns: &str, name: &str) -> (Option<String>, bool)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    match store.get(&ObjectRef::new(name).within(ns)) {
+        Some(o) => (
+            o.meta().resource_version.clone(),
+            o.meta().deletion_timestamp.is_some(),
+        ),
+        None => (None, false),
+    }
+}
+
+/// What the stores keep of an object: everything but managedFields and
+/// kubectl's last-applied copy, which the core never reads and which are
+/// most of an object's size.
+pub fn slim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+
+    fn lws(name: &str, version: &str) -> LeaderWorkerSet {
+        let mut o: LeaderWorkerSet = serde_json::from_value(serde_json::json!({
+            "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": version,
+                         "labels": {keys::NAME: "llm"}},
+            "spec": {"leaderWorkerTemplate": {"workerTemplate": {"spec": {"containers": []}}}}
+        }))
+        .unwrap();
+        o.metadata.resource_version = Some(version.into());
+        o
+    }
+
+    fn set() -> DisaggregatedSet {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "disaggregatedset.x-k8s.io/v1alpha1", "kind": "DisaggregatedSet",
+            "metadata": {"name": "llm", "namespace": "ns", "resourceVersion": "10"},
+            "spec": {"roles": []}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_write_is_awaited_until_the_store_shows_its_version() {
+        let (children, mut writer) = store::<LeaderWorkerSet>();
+        let (scalers, _scalers_writer) = store::<DisaggregatedSetRoleScaler>();
+        let caches = Caches::new(children, scalers);
+        let set = set();
+        writer.apply_watcher_event(&Event::Apply(lws("llm-a", "5")));
+        caches.expect(
+            &set,
+            Expectation {
+                kind: Kind::Child,
+                name: "llm-a".into(),
+                version: Some("7".into()),
+            },
+        );
+        assert!(
+            caches.unmet(&set).is_some(),
+            "the store still shows version 5"
+        );
+        writer.apply_watcher_event(&Event::Apply(lws("llm-a", "8")));
+        assert_eq!(caches.unmet(&set), None, "a later version meets it");
+
+        caches.expect(
+            &set,
+            Expectation {
+                kind: Kind::Child,
+                name: "llm-a".into(),
+                version: None,
+            },
+        );
+        assert!(
+            caches.unmet(&set).is_some(),
+            "a delete waits for the object to go"
+        );
+        writer.apply_watcher_event(&Event::Delete(lws("llm-a", "9")));
+        assert_eq!(caches.unmet(&set), None);
+        assert_eq!(caches.children_of(&set).len(), 0);
+    }
+
+    #[test]
+    fn the_status_last_written_stands_in_until_the_store_shows_it() {
+        let (children, _w) = store::<LeaderWorkerSet>();
+        let (scalers, _s) = store::<DisaggregatedSetRoleScaler>();
+        let caches = Caches::new(children, scalers);
+        let stale = Arc::new(set());
+        let status = DisaggregatedSetStatus {
+            observed_generation: Some(3),
+            ..Default::default()
+        };
+        caches.wrote_status(&stale, "11".into(), status.clone());
+        assert_eq!(caches.freshest(&stale).status, Some(status));
+        let mut seen = set();
+        seen.metadata.resource_version = Some("11".into());
+        let seen = Arc::new(seen);
+        assert_eq!(
+            caches.freshest(&seen).status,
+            None,
+            "the store's copy wins once it has the write"
+        );
+    }
+
+    #[test]
+    fn versions_compare_as_numbers_where_they_are_numbers() {
+        assert!(at_least(Some("10"), "9"));
+        assert!(!at_least(Some("9"), "10"));
+        assert!(at_least(Some("abc"), "abc"));
+        assert!(!at_least(Some("abd"), "abc"));
+        assert!(!at_least(None, "1"));
+    }
+}
