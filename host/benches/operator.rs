@@ -13,7 +13,10 @@
 //!   build and one padded to 1 MiB.
 //!
 //! `DISAGG_BENCH_SETS` (default 1000) and `DISAGG_BENCH_IDLE_SECONDS`
-//! (default 60) shorten it. Prints `BENCH operator_scale ...` and
+//! (default 60) shorten it. `DISAGG_BENCH_REALAPI=../shared/realapi` runs the
+//! scale part against a fresh real CRD API server per phase instead (its
+//! binaries built in `$W`, default /tmp/realapi), with a status writer making
+//! every LWS ready at once, and adds the server's CPU. Prints `BENCH operator_scale ...` and
 //! `BENCH hot_swap ...` lines for scripts.
 
 #[path = "../tests/common/mod.rs"]
@@ -42,12 +45,24 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 struct Cluster {
-    sim: Arc<Sim>,
+    /// kube-sim, or `None` on the real API server.
+    sim: Option<Arc<Sim>>,
     client: kube::Client,
     kubeconfig: std::path::PathBuf,
+    /// The real API server's processes (crdserver, etcd), for their CPU.
+    server_pids: Vec<u32>,
+}
+
+/// `DISAGG_BENCH_REALAPI=../shared/realapi` (with its binaries built, see its
+/// README): run against a fresh real CRD API server instead of kube-sim.
+fn realapi() -> Option<std::path::PathBuf> {
+    std::env::var_os("DISAGG_BENCH_REALAPI").map(Into::into)
 }
 
 async fn cluster(tag: &str) -> Cluster {
+    if let Some(scripts) = realapi() {
+        return real_cluster(&scripts).await;
+    }
     let sim = Sim::new(Arc::new(kube_sim::store::Store::default()));
     kube_sim::lws_sim::spawn(sim.store.clone(), sim.lws.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -73,14 +88,199 @@ async fn cluster(tag: &str) -> Cluster {
         .await
         .unwrap();
     Cluster {
-        sim,
+        sim: Some(sim),
         client,
         kubeconfig,
+        server_pids: Vec::new(),
     }
 }
 
-/// The operator process; killed on drop.
-struct Operator(Child);
+/// A fresh real API server (its `run.sh` wipes the last one), our CRDs and
+/// upstream's LWS CRD, the stand-ins for Events and Leases, and a status
+/// writer that makes every LWS ready at once, as kube-sim's simulator does.
+async fn real_cluster(scripts: &std::path::Path) -> Cluster {
+    let work = std::env::var("W").unwrap_or_else(|_| "/tmp/realapi".into());
+    let run = |script: &str| {
+        let status = Command::new("bash")
+            .arg(scripts.join(script))
+            .env("W", &work)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{script} failed");
+    };
+    run("stop.sh");
+    run("run.sh");
+    let kubeconfig = std::path::PathBuf::from(format!("{work}/run/admin.kubeconfig"));
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    common::install_crds(&client).await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let text = std::fs::read_to_string(scripts.join("stand-ins.yaml")).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let crd = serde::Deserialize::deserialize(doc).unwrap();
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    // A just-created CRD answers 429 for about a second.
+    let sets: Api<DisaggregatedSet> = Api::namespaced(client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(client.clone(), "default");
+    let started = Instant::now();
+    while sets.list(&ListParams::default()).await.is_err()
+        || lws.list(&ListParams::default()).await.is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the CRDs are not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::spawn(ready_every_lws(client.clone()));
+    let pid = |file: &str| -> u32 {
+        std::fs::read_to_string(format!("{work}/run/{file}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    Cluster {
+        sim: None,
+        client,
+        kubeconfig,
+        server_pids: vec![pid("crdserver.pid"), pid("etcd.pid")],
+    }
+}
+
+/// The real server has no LWS controller: every LWS gets the status kube-sim's
+/// simulator would give it with all groups ready.
+async fn ready_every_lws(client: kube::Client) {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let all: Api<LeaderWorkerSet> = Api::all(client.clone());
+    watcher::watcher(all, watcher::Config::default())
+        .applied_objects()
+        .for_each_concurrent(16, |lws| {
+            let client = client.clone();
+            async move {
+                let Ok(lws) = lws else { return };
+                let value = serde_json::to_value(&lws).unwrap();
+                let replicas = lws.spec.replicas.max(0) as usize;
+                if let Some(status) = kube_sim::lws_sim::status(&value, replicas, replicas) {
+                    let api: Api<LeaderWorkerSet> =
+                        Api::namespaced(client, lws.metadata.namespace.as_deref().unwrap());
+                    let name = lws.metadata.name.clone().unwrap();
+                    let _ = api
+                        .patch_status(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"status": status})),
+                        )
+                        .await;
+                }
+            }
+        })
+        .await;
+}
+
+/// The operator's reaction time per rollout step, seen from a watch of the
+/// children: from the moment every child of a set is ready (the last new
+/// group's readiness arriving) to the next write to one of its children's
+/// specs (a create, a replica change, a delete) — the first write of the
+/// next step. A set's first write after the watch starts is not counted
+/// (its ready moment predates the change that caused it).
+async fn step_latencies(lws: Api<LeaderWorkerSet>, samples: Arc<std::sync::Mutex<Vec<Duration>>>) {
+    use kube::runtime::watcher::{self, Event};
+    use std::collections::{HashMap, HashSet};
+    // name → (set, generation, ready)
+    let mut children: HashMap<String, (String, i64, bool)> = HashMap::new();
+    let mut ready_since: HashMap<String, Instant> = HashMap::new();
+    let mut counting: HashSet<String> = HashSet::new();
+    let mut events = Box::pin(watcher::watcher(
+        lws,
+        watcher::Config::default().labels(keys::NAME),
+    ));
+    while let Ok(Some(event)) = events.try_next().await {
+        let now = Instant::now();
+        let (object, deleted, listed) = match event {
+            Event::InitApply(o) => (o, false, true),
+            Event::Apply(o) => (o, false, false),
+            Event::Delete(o) => (o, true, false),
+            Event::Init | Event::InitDone => continue,
+        };
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let set = object
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(keys::NAME))
+            .cloned()
+            .unwrap_or_default();
+        let generation = object.metadata.generation.unwrap_or_default();
+        let ready = object.status.as_ref().is_some_and(|s| {
+            s.ready_replicas == object.spec.replicas && s.replicas == object.spec.replicas
+        });
+        let spec_write =
+            !listed && (deleted || children.get(&name).is_none_or(|(_, g, _)| *g != generation));
+        if spec_write {
+            if let Some(since) = ready_since.remove(&set)
+                && !counting.insert(set.clone())
+            {
+                samples.lock().unwrap().push(now - since);
+            }
+            counting.insert(set.clone());
+        }
+        if deleted {
+            children.remove(&name);
+        } else {
+            children.insert(name, (set.clone(), generation, ready));
+        }
+        let all_ready = children
+            .values()
+            .filter(|(s, _, _)| *s == set)
+            .all(|(_, _, r)| *r);
+        if all_ready {
+            ready_since.entry(set).or_insert(now);
+        } else {
+            ready_since.remove(&set);
+        }
+    }
+}
+
+/// The p-th percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// CPU time (user + system) of a process so far, from /proc.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux.
+}
+
+impl Cluster {
+    /// The real API server's CPU so far (zero on kube-sim, which shares our process).
+    fn server_cpu(&self) -> Duration {
+        self.server_pids.iter().map(|p| cpu_of(*p)).sum()
+    }
+}
+
+/// The operator process, and where its `/metrics` are; killed on drop.
+struct Operator(Child, std::net::SocketAddr);
 impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -90,29 +290,74 @@ impl Drop for Operator {
 
 impl Operator {
     fn start(cluster: &Cluster) -> Operator {
-        let child = Command::new(env!("CARGO_BIN_EXE_disagg"))
-            .args(["run", "--no-leader-election", "--probe-addr", "127.0.0.1:0"])
+        let probes = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_disagg"));
+        command
+            .args(["run", "--no-leader-election", "--probe-addr"])
+            .arg(probes.to_string())
             .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
+            .arg(&cluster.kubeconfig);
+        if cluster.sim.is_none() {
+            // The real server has no ConfigMaps: plugins from an (empty) directory.
+            let dir =
+                std::env::temp_dir().join(format!("disagg-bench-plugins-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            command.arg("--plugin-dir").arg(dir);
+        }
+        let child = command
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        Operator(child)
+        Operator(child, probes)
     }
 
-    /// CPU time used so far (user + system), from /proc.
+    /// The operator's own count of its requests and reconciles, from `/metrics`.
+    fn counts(&self) -> Counts {
+        use std::io::{Read as _, Write as _};
+        // The probe server comes up within a second of the start.
+        let mut conn = (0..50)
+            .find_map(|_| {
+                std::net::TcpStream::connect(self.1)
+                    .inspect_err(|_| std::thread::sleep(Duration::from_millis(100)))
+                    .ok()
+            })
+            .expect("the operator serves /metrics");
+        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let sum = |prefix: &str, wanted: &dyn Fn(&str) -> bool| -> u64 {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .filter(|rest| wanted(rest))
+                .filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<u64>().ok())
+                .sum()
+        };
+        let api = "disagg_api_requests_total{";
+        Counts {
+            reads: sum(api, &|l| {
+                l.starts_with("verb=\"get\"") || l.starts_with("verb=\"list\"")
+            }),
+            status_writes: sum(api, &|l| {
+                l.contains("resource=\"disaggregatedsets/status\"")
+                    && !l.starts_with("verb=\"get\"")
+            }),
+            child_writes: sum(api, &|l| {
+                l.contains("resource=\"leaderworkersets\"")
+                    && ["create", "patch", "update", "delete"]
+                        .iter()
+                        .any(|v| l.starts_with(&format!("verb=\"{v}\"")))
+            }),
+            reconciles: sum("disagg_reconciles_total{", &|_| true),
+        }
+    }
+
+    /// CPU time used so far (user + system).
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
-        // Fields after the command name (which may hold spaces) start after ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux.
+        cpu_of(self.0.id())
     }
 
     /// Peak resident memory (VmHWM), in MiB.
@@ -128,6 +373,28 @@ impl Operator {
             .parse()
             .unwrap();
         kb / 1024.0
+    }
+}
+
+/// What the operator counted of its own work.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    /// GETs and LISTs (watches not included).
+    reads: u64,
+    status_writes: u64,
+    child_writes: u64,
+    reconciles: u64,
+}
+
+impl std::ops::Sub for Counts {
+    type Output = Counts;
+    fn sub(self, o: Counts) -> Counts {
+        Counts {
+            reads: self.reads - o.reads,
+            status_writes: self.status_writes - o.status_writes,
+            child_writes: self.child_writes - o.child_writes,
+            reconciles: self.reconciles - o.reconciles,
+        }
     }
 }
 
@@ -258,24 +525,41 @@ async fn scale(n: usize, idle: Duration) {
     let operator = Operator::start(&c);
     let sets: Api<DisaggregatedSet> = Api::namespaced(c.client.clone(), "default");
     tokio::time::sleep(Duration::from_millis(500)).await; // the operator's start
-    let writes_before = c.sim.writes.load(Relaxed);
+    // The server's count of writes where it has one (kube-sim); the
+    // operator's own otherwise.
+    let writes = |c: &Cluster, o: &Operator| match &c.sim {
+        Some(sim) => sim.writes.load(Relaxed),
+        None => {
+            let n = o.counts();
+            n.child_writes + n.status_writes
+        }
+    };
+    let reads = |c: &Cluster, o: &Operator| match &c.sim {
+        Some(sim) => sim.reads.load(Relaxed),
+        None => o.counts().reads,
+    };
+    let counts_before = operator.counts();
+    let writes_before = writes(&c, &operator);
+    let (server_cpu_before, cpu_before) = (c.server_cpu(), operator.cpu());
     let started = Instant::now();
     create_sets(&sets, n).await;
     until_settled(&sets, |_| true, n).await;
     let took = started.elapsed();
-    let operator_writes = c.sim.writes.load(Relaxed) - writes_before - n as u64;
+    let own_sets = if c.sim.is_some() { n as u64 } else { 0 };
+    let operator_writes = writes(&c, &operator) - writes_before - own_sets;
+    let created = operator.counts() - counts_before;
+    let (create_server_cpu, create_cpu) = (
+        c.server_cpu() - server_cpu_before,
+        operator.cpu() - cpu_before,
+    );
 
     // Idle: nothing changes; nothing here polls.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (reads0, writes0, cpu0) = (
-        c.sim.reads.load(Relaxed),
-        c.sim.writes.load(Relaxed),
-        operator.cpu(),
-    );
+    let (reads0, writes0, cpu0) = (reads(&c, &operator), writes(&c, &operator), operator.cpu());
     tokio::time::sleep(idle).await;
     let per_minute = 60.0 / idle.as_secs_f64();
-    let idle_reads = (c.sim.reads.load(Relaxed) - reads0) as f64 * per_minute;
-    let idle_writes = (c.sim.writes.load(Relaxed) - writes0) as f64 * per_minute;
+    let idle_reads = (reads(&c, &operator) - reads0) as f64 * per_minute;
+    let idle_writes = (writes(&c, &operator) - writes0) as f64 * per_minute;
     let idle_cpu = (operator.cpu() - cpu0).as_secs_f64() * per_minute;
 
     // 100 concurrent rollouts: a new image on 100 sets at once.
@@ -283,6 +567,14 @@ async fn scale(n: usize, idle: Duration) {
     let image = json!([{"op": "replace",
         "path": "/spec/roles/0/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/image",
         "value": "example.com/encoder:v2"}]);
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watching = tokio::spawn(step_latencies(
+        Api::namespaced(c.client.clone(), "default"),
+        samples.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await; // its initial list
+    let counts_before = operator.counts();
+    let (server_cpu_before, cpu_before) = (c.server_cpu(), operator.cpu());
     let started = Instant::now();
     futures::stream::iter(0..rolled)
         .map(|i| {
@@ -304,6 +596,20 @@ async fn scale(n: usize, idle: Duration) {
     let first_rolled = |name: &str| name[1..].parse::<usize>().is_ok_and(|i| i < rolled);
     until_settled(&sets, first_rolled, rolled).await;
     let rollouts = started.elapsed();
+    let rolling = operator.counts() - counts_before;
+    watching.abort();
+    let mut steps = samples.lock().unwrap().clone();
+    steps.sort();
+    let (step_p50, step_p99) = (percentile(&steps, 0.5), percentile(&steps, 0.99));
+    println!(
+        "operator time per rollout step (all children ready -> the next step's first write), {} steps: p50 {step_p50:.1?}, p99 {step_p99:.1?}, max {:.1?} (target p99 <= 50 ms)",
+        steps.len(),
+        steps.last().copied().unwrap_or_default()
+    );
+    let (roll_server_cpu, roll_cpu) = (
+        c.server_cpu() - server_cpu_before,
+        operator.cpu() - cpu_before,
+    );
     let lws: Api<LeaderWorkerSet> = Api::namespaced(c.client.clone(), "default");
     let children = lws
         .list(&ListParams::default().labels(keys::NAME))
@@ -324,12 +630,47 @@ async fn scale(n: usize, idle: Duration) {
         "operator idle: {idle_reads:.0} reads/min, {idle_writes:.0} writes/min, {idle_cpu:.3} s CPU/min; {rolled} concurrent rollouts in {rollouts:.2?}; peak RSS {:.1} MiB (target <= 150)",
         operator.peak_rss_mib()
     );
+    let per = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     println!(
-        "BENCH operator_scale sets={n} available_s={:.3} bare_s={:.3} ratio={ratio:.2} operator_writes={operator_writes} idle_reads_per_min={idle_reads:.0} idle_writes_per_min={idle_writes:.0} idle_cpu_s_per_min={idle_cpu:.3} rollouts={rolled} rollouts_s={:.3} peak_rss_mib={:.1}",
+        "CPU: creating: operator {create_cpu:.2?}, API server {create_server_cpu:.2?}; rolling: operator {roll_cpu:.2?}, API server {roll_server_cpu:.2?} (API server: the real one only)"
+    );
+    println!(
+        "operator requests: creating {n} sets: {} reads over {} reconciles ({:.3}/reconcile), {:.2} status writes/set, {:.2} LWS writes/set; rolling {rolled}: {} reads over {} reconciles, {:.2} status writes/set, {:.2} LWS writes/set",
+        created.reads,
+        created.reconciles,
+        per(created.reads, created.reconciles),
+        per(created.status_writes, n as u64),
+        per(created.child_writes, n as u64),
+        rolling.reads,
+        rolling.reconciles,
+        per(rolling.status_writes, rolled as u64),
+        per(rolling.child_writes, rolled as u64),
+    );
+    println!(
+        "BENCH operator_scale sets={n} available_s={:.3} bare_s={:.3} ratio={ratio:.2} operator_writes={operator_writes} idle_reads_per_min={idle_reads:.0} idle_writes_per_min={idle_writes:.0} idle_cpu_s_per_min={idle_cpu:.3} rollouts={rolled} rollouts_s={:.3} peak_rss_mib={:.1} reads_per_reconcile={:.3} status_writes_per_set={:.2} reconciles_per_set={:.2} rollout_lws_writes_per_set={:.2} rollout_status_writes_per_set={:.2} step_p50_ms={:.1} step_p99_ms={:.1} server={} create_cpu_s={:.2} create_server_cpu_s={:.2} roll_cpu_s={:.2} roll_server_cpu_s={:.2}",
         took.as_secs_f64(),
         bare.as_secs_f64(),
         rollouts.as_secs_f64(),
-        operator.peak_rss_mib()
+        operator.peak_rss_mib(),
+        per(
+            created.reads + rolling.reads,
+            created.reconciles + rolling.reconciles
+        ),
+        per(created.status_writes, n as u64),
+        per(created.reconciles, n as u64),
+        per(rolling.child_writes, rolled as u64),
+        per(rolling.status_writes, rolled as u64),
+        step_p50.as_secs_f64() * 1000.0,
+        step_p99.as_secs_f64() * 1000.0,
+        if c.sim.is_some() {
+            "kube-sim"
+        } else {
+            "realapi"
+        },
+        create_cpu.as_secs_f64(),
+        create_server_cpu.as_secs_f64(),
+        roll_cpu.as_secs_f64(),
+        roll_server_cpu.as_secs_f64(),
     );
 }
 
@@ -421,7 +762,10 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        hot_swap().await;
+        // Hot swap needs ConfigMaps, which the real CRD API server does not serve.
+        if realapi().is_none() {
+            hot_swap().await;
+        }
         scale(
             env_usize("DISAGG_BENCH_SETS", 1000),
             Duration::from_secs(env_usize("DISAGG_BENCH_IDLE_SECONDS", 60) as u64),

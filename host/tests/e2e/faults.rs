@@ -103,8 +103,7 @@ impl Scene {
             write_failure,
             latency,
             seed: self.seed,
-            deny: Vec::new(),
-            black_hole: None,
+            ..FaultConfig::default()
         });
     }
 
@@ -416,6 +415,21 @@ async fn throttling_bursts_and_server_errors() {
 async fn a_slow_api_server() {
     survive("latency", 1, |scene| async move {
         scene.faults(None, Duration::from_millis(25));
+    })
+    .await;
+}
+
+/// The operator decides from its watches' stores; here they lag the server
+/// by 300 ms, so most reconciles start before the store shows their last
+/// writes (which they must wait for, not redo or step past).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_that_lag_the_server() {
+    survive("watch-delay", 1, |scene| async move {
+        scene.cluster.sim.faults.switch(FaultConfig {
+            watch_delay: Duration::from_millis(300),
+            seed: scene.seed,
+            ..FaultConfig::default()
+        });
     })
     .await;
 }

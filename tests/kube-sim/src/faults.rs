@@ -16,6 +16,9 @@ pub struct FaultConfig {
     pub write_failure: Option<(f64, u16)>,
     /// Added before every request is served.
     pub latency: Duration,
+    /// Every watch event is delivered this long after its change, so that
+    /// clients' caches lag the server (in order, as a slow watch would).
+    pub watch_delay: Duration,
     /// Seeds the failure draws.
     pub seed: u64,
     /// Requests refused every time, as an admission webhook, RBAC or a quota would.
@@ -72,6 +75,7 @@ impl FaultConfig {
         Ok(FaultConfig {
             write_failure,
             latency: Duration::from_millis(v["latencyMs"].as_u64().unwrap_or(0)),
+            watch_delay: Duration::from_millis(v["watchDelayMs"].as_u64().unwrap_or(0)),
             seed: v["seed"].as_u64().unwrap_or(1),
             deny,
             black_hole: v["blackHole"].as_str().map(str::to_string),
@@ -111,6 +115,14 @@ impl Faults {
     /// restarting would replay the same first draws after every switch.
     pub fn switch(&self, config: FaultConfig) {
         self.config.lock().unwrap_or_else(|p| p.into_inner()).0 = config;
+    }
+
+    pub fn watch_delay(&self) -> Duration {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .watch_delay
     }
 
     pub fn latency(&self) -> Duration {

@@ -30,12 +30,16 @@ pub enum Scope {
     Main { status_subresource: bool },
     /// The `/status` subresource: only `status`.
     Status,
+    /// The `/scale` subresource: the replica field it maps to (recorded, as
+    /// a real server does, under `subresource: scale`).
+    Scale,
 }
 
 impl Scope {
     fn subresource(self) -> Option<&'static str> {
         match self {
             Scope::Status => Some("status"),
+            Scope::Scale => Some("scale"),
             Scope::Main { .. } => None,
         }
     }
@@ -44,6 +48,7 @@ impl Scope {
         match (self, top) {
             (_, "apiVersion" | "kind") => false,
             (Scope::Status, t) => t == "status",
+            (Scope::Scale, t) => t != "status",
             (Scope::Main { status_subresource }, "status") => !status_subresource,
             (Scope::Main { .. }, _) => true,
         }

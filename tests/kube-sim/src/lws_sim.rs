@@ -226,8 +226,9 @@ fn held_unready(lws: &Value, replicas: usize, fraction: f64) -> usize {
     }
 }
 
-/// The status the LWS should have, or None when it already has it.
-fn status(lws: &Value, replicas: usize, ready: usize) -> Option<Value> {
+/// The status an LWS with `ready` of `replicas` groups ready should have, or
+/// None when it already has it (also for status writers on a real server).
+pub fn status(lws: &Value, replicas: usize, ready: usize) -> Option<Value> {
     let current = &lws["status"];
     let name = lws["metadata"]["name"].as_str().unwrap_or_default();
     let available = ready == replicas;

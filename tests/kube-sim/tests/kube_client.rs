@@ -508,3 +508,28 @@ async fn events_are_one_store_behind_both_groups() {
         ]
     );
 }
+
+/// kube-sim answers JSON: to a client that accepts protobuf or JSON (as
+/// kubectl and client-go ask) it answers JSON, and to one that accepts
+/// protobuf only it answers 406, as a server does for a media type it
+/// cannot produce, rather than a body the client cannot read.
+#[tokio::test]
+async fn answers_json_and_refuses_a_client_that_accepts_only_protobuf() {
+    let (client, _) = start().await;
+    let get = |accept: &'static str| {
+        let client = client.clone();
+        async move {
+            let request = axum::http::Request::get("/api/v1/namespaces/default/configmaps")
+                .header("Accept", accept)
+                .body(Vec::new())
+                .unwrap();
+            client.request_text(request).await
+        }
+    };
+    let both = get("application/vnd.kubernetes.protobuf, application/json").await;
+    assert!(both.unwrap().contains("\"kind\":\"ConfigMapList\""));
+    match get("application/vnd.kubernetes.protobuf").await {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (406, "NotAcceptable")),
+        other => panic!("{other:?}"),
+    }
+}

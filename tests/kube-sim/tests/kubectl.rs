@@ -291,6 +291,21 @@ fn kubectl_scales_a_custom_resource_through_its_scale_subresource() {
         )),
         "4"
     );
+    // As the real server records it (checked against ../shared/realapi): the
+    // scale write is kubectl's Update of the `scale` subresource.
+    assert!(
+        ok(kubectl(
+            k,
+            &[
+                "get",
+                "dsrs",
+                "llm-decode",
+                "-o",
+                "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation}/{.subresource} {end}"
+            ]
+        ))
+        .contains("kubectl/Update/scale "),
+    );
 
     // The LeaderWorkerSet CRD `disagg dev` serves (derived from the operator's
     // types) scales the same way, and its schema checks what is written.

@@ -364,6 +364,13 @@ async fn handle(
             message: format!("the server could not find the requested resource ({path})"),
         });
     };
+    if !protobuf::json_acceptable(&headers) {
+        return error_response(&StoreError {
+            code: 406,
+            reason: "NotAcceptable",
+            message: "only the following media types are accepted: application/json (kube-sim answers JSON, also to clients that send protobuf)".into(),
+        });
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

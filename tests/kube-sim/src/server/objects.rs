@@ -461,9 +461,7 @@ pub(super) fn serve_scale(
         manager,
         api_version: &api_version,
         time: &time,
-        scope: fields::Scope::Main {
-            status_subresource: true,
-        },
+        scope: fields::Scope::Scale,
     };
     fields::record_update(Some(&current), &mut next, &writer);
     let updated = store.update(resource, ns, name, next, false)?;

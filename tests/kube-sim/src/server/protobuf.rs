@@ -2,7 +2,9 @@
 //! kinds it builds itself (`kubectl create configmap|namespace|secret|
 //! serviceaccount`). The envelope (`k8s\0` + `runtime.Unknown`) and the typed
 //! messages are decoded with k8s-pb's generated types, then turned into the
-//! JSON the store keeps. Answers are JSON, which every client also accepts.
+//! JSON the store keeps. Answers are JSON: kubectl and client-go ask for
+//! protobuf *or* JSON; a client that accepts protobuf only gets 406, as a
+//! real server answers for a media type it cannot produce.
 
 use super::*;
 use k8s_pb::api::core::v1 as core;
@@ -15,6 +17,17 @@ use std::collections::BTreeMap;
 pub(super) const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
 /// Every protobuf body starts with this.
 const MAGIC: &[u8] = b"k8s\0";
+
+/// Whether the request's `Accept` allows a JSON answer (no `Accept` does).
+pub(super) fn json_acceptable(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    accept.split(',').any(|t| {
+        let media = t.split(';').next().unwrap_or_default().trim();
+        matches!(media, "" | "*/*" | "application/*" | "application/json")
+    })
+}
 
 /// The body as JSON, or why it cannot be read.
 pub(super) fn to_json(body: &[u8]) -> Result<Bytes, StoreError> {

@@ -75,6 +75,7 @@ pub(super) async fn watch(
     let resource = resource.clone();
     let deadline = tokio::time::Instant::now() + timeout;
     let drops = sim.faults.watch_drops();
+    let faults = sim.clone();
     let live = futures::stream::unfold(
         (receiver, last, drops),
         move |(mut rx, mut last, mut drops)| {
@@ -85,6 +86,7 @@ pub(super) async fn watch(
                 api_version.clone(),
                 kind.clone(),
             );
+            let delay = faults.faults.watch_delay();
             async move {
                 loop {
                     let tick = tokio::time::sleep(BOOKMARK_EVERY);
@@ -96,9 +98,12 @@ pub(super) async fn watch(
                             return Some((Bytes::from(format!("{mark}\n")), (rx, last, drops)));
                         }
                         received = rx.recv() => match received {
-                            Ok(WatchEvent { resource: r, namespace, resource_version, kind: k, object }) => {
+                            Ok(WatchEvent { resource: r, namespace, resource_version, kind: k, object, at }) => {
                                 if r != resource || resource_version <= last || !filter.matches(&namespace, &object) {
                                     continue;
+                                }
+                                if !delay.is_zero() {
+                                    tokio::time::sleep_until((at + delay).into()).await;
                                 }
                                 last = resource_version;
                                 let type_ = match k { EventType::Added => "ADDED", EventType::Modified => "MODIFIED", EventType::Deleted => "DELETED" };

@@ -130,6 +130,7 @@ impl Store {
             resource_version: inner.revision,
             kind,
             object,
+            at: std::time::Instant::now(),
         };
         inner.log.push_back(event.clone());
         while inner.log.len() > self.max_log {

@@ -87,6 +87,8 @@ pub struct WatchEvent {
     pub resource_version: u64,
     pub kind: EventType,
     pub object: Value,
+    /// When it happened (for the watch-delay fault).
+    pub at: std::time::Instant,
 }
 
 /// Which objects a list or watch wants.
