@@ -431,22 +431,40 @@ async fn until_settled(sets: &Api<DisaggregatedSet>, which: impl Fn(&str) -> boo
     use kube::runtime::watcher::{self, Event};
     let mut done = std::collections::HashSet::new();
     let mut events = Box::pin(watcher::watcher(sets.clone(), watcher::Config::default()));
+    // The watch says when; a list every 5 s backs it up (at 1,000 sets this
+    // in-process kube-sim's watch has fallen behind and missed the last
+    // updates, which a re-list sees; that is kube-sim's, not the operator's).
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
     let wait = async {
-        while let Some(event) = events.try_next().await.unwrap() {
-            match event {
-                Event::Init => done.clear(),
-                Event::InitApply(s) | Event::Apply(s) => {
-                    let name = s.metadata.name.clone().unwrap_or_default();
-                    if which(&name) && settled(&s) {
-                        done.insert(name);
-                    } else {
-                        done.remove(&name);
+        loop {
+            tokio::select! {
+                event = events.try_next() => {
+                    match event.unwrap().expect("the watch of sets ended") {
+                        Event::Init => done.clear(),
+                        Event::InitApply(s) | Event::Apply(s) => {
+                            let name = s.metadata.name.clone().unwrap_or_default();
+                            if which(&name) && settled(&s) {
+                                done.insert(name);
+                            } else {
+                                done.remove(&name);
+                            }
+                        }
+                        Event::Delete(s) => {
+                            done.remove(&s.metadata.name.clone().unwrap_or_default());
+                        }
+                        Event::InitDone => {}
                     }
                 }
-                Event::Delete(s) => {
-                    done.remove(&s.metadata.name.clone().unwrap_or_default());
+                _ = tick.tick() => {
+                    let listed = sets.list(&ListParams::default()).await.unwrap();
+                    done = listed
+                        .items
+                        .iter()
+                        .filter(|s| which(s.metadata.name.as_deref().unwrap_or_default()) && settled(s))
+                        .map(|s| s.metadata.name.clone().unwrap_or_default())
+                        .collect();
                 }
-                Event::InitDone => {}
             }
             if done.len() >= count {
                 return;

@@ -233,6 +233,18 @@ pub fn slim<K: Resource>(object: &mut K) {
     }
 }
 
+/// What the children's store keeps: [`slim`], and no pod templates. The core
+/// reads a child's labels, annotations, owner, replicas and status, never its
+/// templates (it renders the wanted ones from the set), and the templates are
+/// most of an LWS: as JSON trees, several KiB each.
+pub fn slim_child(child: &mut LeaderWorkerSet) {
+    slim(child);
+    let template = &mut child.spec.leader_worker_template;
+    template.leader_template = None;
+    template.worker_template = Default::default();
+    template.volume_claim_templates = None;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +331,25 @@ mod tests {
             None,
             "the store's copy wins once it has the write"
         );
+    }
+
+    #[test]
+    fn the_store_keeps_what_the_core_reads_of_a_child() {
+        let mut child = lws("llm-a", "5");
+        child.metadata.managed_fields = Some(vec![Default::default()]);
+        child.spec.replicas = 3;
+        slim_child(&mut child);
+        assert_eq!(child.metadata.managed_fields, None);
+        assert!(
+            child
+                .spec
+                .leader_worker_template
+                .worker_template
+                .0
+                .is_empty()
+        );
+        assert_eq!(child.spec.replicas, 3);
+        assert_eq!(child.metadata.labels.unwrap()[keys::NAME], "llm");
     }
 
     #[test]

@@ -256,7 +256,7 @@ pub async fn run(
         watcher::Config::default().labels(keys::NAME),
     )
     .default_backoff()
-    .modify(cache::slim)
+    .modify(cache::slim_child)
     .reflect(children_writer)
     .touched_objects();
     let (scalers, scalers_writer) = reflector::store();
