@@ -101,10 +101,21 @@ fn check(name: &str, path: &std::path::Path) {
         &format!("{name}-request.json"),
         &serde_json::to_string(&scenario).unwrap(),
     );
+    let report = gate_step_report(path, &request);
+    assert_eq!(
+        report["answer"],
+        json!(p.gate_step(&scenario).unwrap()),
+        "{name}: {report}"
+    );
+    assert!(report["millis"].as_f64().is_some() && report["memoryBytes"].as_u64() > Some(0));
+}
+
+/// `disagg plugin run FILE --hook gate-step --request REQUEST`'s report; the run must succeed.
+fn gate_step_report(wasm: &std::path::Path, request: &std::path::Path) -> serde_json::Value {
     let out = common::disagg(&[
         "plugin",
         "run",
-        path.to_str().unwrap(),
+        wasm.to_str().unwrap(),
         "--hook",
         "gate-step",
         "--request",
@@ -112,16 +123,11 @@ fn check(name: &str, path: &std::path::Path) {
     ]);
     assert!(
         out.status.success(),
-        "{name}: {}",
+        "{}: {}",
+        wasm.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        report["answer"],
-        json!(p.gate_step(&scenario).unwrap()),
-        "{name}: {report}"
-    );
-    assert!(report["millis"].as_f64().is_some() && report["memoryBytes"].as_u64() > Some(0));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -231,21 +237,7 @@ fn check_skeleton(name: &str, dir: &std::path::Path, wasm: &std::path::Path) {
     );
     for (request, want) in [("held", "hold"), ("approved", "proceed")] {
         let request = dir.join(format!("test/{request}.json"));
-        let out = common::disagg(&[
-            "plugin",
-            "run",
-            wasm.to_str().unwrap(),
-            "--hook",
-            "gate-step",
-            "--request",
-            request.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report = gate_step_report(wasm, &request);
         let answer = &report["answer"];
         assert!(
             answer == want || answer.get(want).is_some(),

@@ -28,8 +28,6 @@ pub mod plugins;
 pub mod reconcile;
 
 use disagg_api::keys;
-use disagg_api::lws::LeaderWorkerSet;
-use disagg_api::scaler::DisaggregatedSetRoleScaler;
 use disagg_api::set::DisaggregatedSet;
 use disagg_core::bindings::DefaultBinding;
 use disagg_core::text::truncate;
@@ -250,24 +248,8 @@ pub async fn run(
             .combine(predicates::annotations),
         Default::default(),
     );
-    let (children, children_writer) = reflector::store();
-    let child_events = watcher(
-        Api::<LeaderWorkerSet>::all(client.clone()),
-        watcher::Config::default().labels(keys::NAME),
-    )
-    .default_backoff()
-    .modify(cache::slim_child)
-    .reflect(children_writer)
-    .touched_objects();
-    let (scalers, scalers_writer) = reflector::store();
-    let scaler_events = watcher(
-        Api::<DisaggregatedSetRoleScaler>::all(client.clone()),
-        watcher::Config::default().labels(keys::NAME),
-    )
-    .default_backoff()
-    .modify(cache::slim)
-    .reflect(scalers_writer)
-    .touched_objects();
+    let (children, child_events) = owned(&client, cache::slim_child);
+    let (scalers, scaler_events) = owned(&client, cache::slim);
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -335,6 +317,36 @@ pub async fn run(
             Err("lost the leader Lease; exiting so that a fresh start rejoins the election".into())
         }
     }
+}
+
+/// A store of every object of kind `K` labelled as some set's, slimmed by
+/// `slim`, and the stream of changes (any change) that fills it.
+fn owned<K>(
+    client: &Client,
+    slim: fn(&mut K),
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(
+        Api::<K>::all(client.clone()),
+        watcher::Config::default().labels(keys::NAME),
+    )
+    .default_backoff()
+    .modify(slim)
+    .reflect(writer)
+    .touched_objects();
+    (store, events)
 }
 
 /// Conflicts are someone else's write landing first: retry at once. Anything
