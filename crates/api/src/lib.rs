@@ -40,6 +40,18 @@ pub mod keys {
     pub const REVISION: &str = "disaggregatedset.x-k8s.io/revision";
     /// Old replicas when the current rollout began, on old-revision children.
     pub const INITIAL_REPLICAS: &str = "disaggregatedset.x-k8s.io/initial-replicas";
+    /// The role's target replicas the current rollout was planned for, on
+    /// old-revision children (ours; upstream's children lack it). A target
+    /// that differs rescales the rollout (`docs/planner.md`).
+    pub const ROLLOUT_TARGET: &str = "disaggregatedset.x-k8s.io/rollout-target";
+    /// Set by a user (or `kubectl disagg abort`): roll the set back to its
+    /// stable revision. The value says who and why.
+    pub const ABORT: &str = "disaggregatedset.x-k8s.io/abort";
+    /// The revision an abort applies to; without it, whatever the spec names.
+    pub const ABORT_REVISION: &str = "disaggregatedset.x-k8s.io/abort-revision";
+    /// Set by a user (or `kubectl disagg pause`): take no rollout step. The
+    /// value says who and why.
+    pub const PAUSED: &str = "disaggregatedset.x-k8s.io/paused";
     /// Marks a ConfigMap as a plugin.
     pub const PLUGIN: &str = "disaggregatedset.x-k8s.io/plugin";
     /// Manual approval of a rollout step, read by the rollout-gate plugin.

@@ -221,11 +221,16 @@ async fn write_child(
             let patched = existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?;
             (patched.is_some(), patched.map(|o| o.resource_version()))
         }
-        Write::AnnotateChild {
-            initial_replicas, ..
-        } => {
-            let value = initial_replicas.map(|v| v.to_string());
-            let patch = json!({"metadata": {"annotations": {keys::INITIAL_REPLICAS: value}}});
+        Write::MarkChild { mark, replicas, .. } => {
+            let initial = mark.map(|m| m.initial_replicas.to_string());
+            let target = mark.map(|m| m.target.to_string());
+            let mut patch = json!({"metadata": {"annotations": {
+                keys::INITIAL_REPLICAS: initial,
+                keys::ROLLOUT_TARGET: target,
+            }}});
+            if let Some(replicas) = replicas {
+                patch["spec"] = json!({"replicas": replicas});
+            }
             let patched = existed(api.patch(name, &pp, &Patch::Merge(patch)).await)?;
             (patched.is_some(), patched.map(|o| o.resource_version()))
         }

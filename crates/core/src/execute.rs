@@ -19,7 +19,7 @@
 //! that slice's actions.
 
 use super::plan::{self, Budget, RoleState, Step, next_step};
-use super::render::child_name;
+use super::render::{child_name, legacy_child_name};
 use disagg_api::keys;
 use disagg_api::lws::LeaderWorkerSet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +39,9 @@ pub struct Child {
     pub status_replicas: i32,
     /// The `initial-replicas` annotation.
     pub initial_replicas: Option<i32>,
+    /// The `rollout-target` annotation: the role's target the rollout was
+    /// planned for, on old children.
+    pub rollout_target: Option<i32>,
     /// Creation time in seconds since the epoch; orders old revisions.
     pub created: i64,
     /// Whether this set is its controller. Others are never touched.
@@ -51,9 +54,21 @@ impl Child {
         let labels = lws.metadata.labels.as_ref()?;
         let status = lws.status.clone().unwrap_or_default();
         let owned = super::render::is_controlled_by(&lws.metadata, set_uid);
+        let annotation = |key: &str| {
+            lws.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .and_then(|v| v.parse().ok())
+                .map(bounded)
+        };
         Some(Child {
             name: lws.metadata.name.clone()?,
-            slice: labels.get(keys::SLICE)?.parse().ok()?,
+            // Upstream's children from before slices have no slice label: slice 0.
+            slice: match labels.get(keys::SLICE) {
+                Some(s) if !s.is_empty() => s.parse().ok()?,
+                _ => 0,
+            },
             revision: labels.get(keys::REVISION)?.clone(),
             role: labels.get(keys::ROLE)?.clone(),
             // Observed numbers are clamped so no sum over them can overflow,
@@ -61,13 +76,8 @@ impl Child {
             replicas: bounded(lws.spec.replicas),
             ready_replicas: bounded(status.ready_replicas),
             status_replicas: bounded(status.replicas),
-            initial_replicas: lws
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(keys::INITIAL_REPLICAS))
-                .and_then(|v| v.parse().ok())
-                .map(bounded),
+            initial_replicas: annotation(keys::INITIAL_REPLICAS),
+            rollout_target: annotation(keys::ROLLOUT_TARGET),
             created: lws
                 .metadata
                 .creation_timestamp
@@ -75,6 +85,14 @@ impl Child {
                 .map(|t| t.0.as_second())
                 .unwrap_or(0),
             owned,
+        })
+    }
+
+    /// Its rollout marks, when it carries both.
+    pub fn mark(&self) -> Option<Mark> {
+        Some(Mark {
+            initial_replicas: self.initial_replicas?,
+            target: self.rollout_target?,
         })
     }
 
@@ -92,6 +110,8 @@ pub struct Target {
     pub slices: i32,
     /// In spec order.
     pub roles: Vec<TargetRole>,
+    /// An abort is requested: each slice returns to its stable revision.
+    pub abort: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,14 +134,26 @@ pub enum Action {
         name: String,
         replicas: i32,
     },
-    /// Set (`Some`) or remove (`None`) the `initial-replicas` annotation.
-    SetInitialReplicas {
+    /// Set (`Some`) or remove (`None`) a child's rollout marks, and with
+    /// `replicas` scale it in the same write (a rescale: the replicas and the
+    /// marks that explain them must never disagree).
+    Mark {
         name: String,
-        value: Option<i32>,
+        mark: Option<Mark>,
+        replicas: Option<i32>,
     },
     Delete {
         name: String,
     },
+}
+
+/// The rollout bookkeeping an old child carries: its replicas when the
+/// rollout began (`initial-replicas`) and its role's target then
+/// (`rollout-target`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub initial_replicas: i32,
+    pub target: i32,
 }
 
 /// Where a slice stands.
@@ -135,6 +167,9 @@ pub enum SliceState {
     WaitingForReady { not_ready: Vec<String> },
     /// A rollout takes a step (the slice's actions).
     Stepping,
+    /// A rollout follows a replica change or recreates a lost new child:
+    /// writes no gate holds (`docs/planner.md`, "Scaling during a rollout").
+    Adjusting,
     /// The planner found no safe step.
     Stuck,
     /// A child we need has a name taken by an object this set does not control.
@@ -164,6 +199,8 @@ pub struct SlicePlan {
     pub position: (i32, i32),
     /// In the order they must be applied.
     pub actions: Vec<Action>,
+    /// While an abort rolls the slice back: the revision it returns to.
+    pub aborted_to: Option<String>,
 }
 
 impl SlicePlan {
@@ -227,18 +264,32 @@ struct OldRevision<'a> {
 }
 
 fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
+    // An abort is a rollout towards the slice's stable revision, by the same rules.
+    let stable = target
+        .abort
+        .then(|| abort_target(target, children))
+        .flatten();
+    let target = stable.as_ref().unwrap_or(target);
+    let aborted_to = stable.as_ref().map(|t| t.revision.clone());
     let Sorted {
         foreign,
         new_children,
         old,
         mut actions,
     } = sort(target, children);
-    let plan = |state, roles, position, actions| SlicePlan {
-        slice,
-        state,
-        roles,
-        position,
-        actions,
+    let plan = |state, roles, position, mut actions: Vec<Action>| {
+        if aborted_to.is_some() {
+            // The stable revision's template is not in the spec: nothing of it can be created.
+            actions.retain(|a| !matches!(a, Action::Create { .. }));
+        }
+        SlicePlan {
+            slice,
+            state,
+            roles,
+            position,
+            actions,
+            aborted_to: aborted_to.clone(),
+        }
     };
 
     let name_of = |role: &str| child_name(&target.set_name, slice, &target.revision, role);
@@ -262,7 +313,7 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
     }
 
     // A rollout. First make sure it knows where it began.
-    let bookkeeping = initial_replicas_bookkeeping(&old, &new_children);
+    let bookkeeping = rollout_bookkeeping(target, &old, &new_children);
     if !bookkeeping.is_empty() {
         actions.extend(bookkeeping);
         let roles = progress_now(target, &new_children, &old);
@@ -272,6 +323,13 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
     let mut roles = progress_now(target, &new_children, &old);
     let inputs = planner_inputs(target, &roles);
     let position = plan::position(&inputs);
+    // Replica changes and lost new children are followed at once, whatever
+    // the rollout's state: no gate or readiness waits for them.
+    let adjustments = adjust_actions(slice, target, &roles, &inputs, &new_children, &old);
+    if !adjustments.is_empty() {
+        actions.extend(adjustments);
+        return plan(SliceState::Adjusting, roles, position, actions);
+    }
     let not_ready: Vec<String> = new_children
         .values()
         .filter(|c| !c.is_ready())
@@ -305,6 +363,57 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
     plan(SliceState::Stepping, roles, position, actions)
 }
 
+/// What an aborted slice returns to: its oldest revision other than the
+/// spec's (the one the rollout started from), at the replicas the set asks
+/// for now (as a Deployment's rollback, and Argo Rollouts' abort, return the
+/// stable revision to `spec.replicas`). Only roles that revision has children
+/// for: roles the aborted revision added drain with it. `None` when the slice
+/// has no other revision left: there is nothing to return to.
+fn abort_target(target: &Target, children: &[&Child]) -> Option<Target> {
+    let ours = children
+        .iter()
+        .filter(|c| c.owned && c.revision != target.revision);
+    let stable = ours
+        .clone()
+        .min_by(|a, b| a.created.cmp(&b.created).then(a.revision.cmp(&b.revision)))?
+        .revision
+        .clone();
+    let mut roles: Vec<TargetRole> = Vec::new();
+    for c in ours.filter(|c| c.revision == stable) {
+        if roles.iter().any(|r| r.name == c.role) {
+            continue;
+        }
+        roles.push(match target.roles.iter().find(|r| r.name == c.role) {
+            Some(r) => r.clone(),
+            // A role the spec removed comes back at the size it had.
+            None => TargetRole {
+                name: c.role.clone(),
+                replicas: c.initial_replicas.unwrap_or(c.replicas),
+                budget: Budget::DEFAULT,
+            },
+        });
+    }
+    // Spec order, then the rest by name.
+    let order = |name: &str| {
+        target
+            .roles
+            .iter()
+            .position(|r| r.name == name)
+            .unwrap_or(usize::MAX)
+    };
+    roles.sort_by(|a, b| {
+        order(&a.name)
+            .cmp(&order(&b.name))
+            .then(a.name.cmp(&b.name))
+    });
+    Some(Target {
+        revision: stable,
+        roles,
+        abort: false,
+        ..target.clone()
+    })
+}
+
 /// A slice's children, sorted out.
 struct Sorted<'a> {
     /// Names held by children this set does not control.
@@ -324,9 +433,14 @@ fn sort<'a>(target: &Target, children: &[&'a Child]) -> Sorted<'a> {
         .filter(|c| !c.owned)
         .map(|c| c.name.as_str())
         .collect();
-    // Children whose name does not match their labels are not ours to reason about.
+    // Children whose name does not match their labels are not ours to reason
+    // about; upstream's slice-0 children from before slices are named without
+    // the slice, and adopted as slice 0 as upstream does.
     let owned = children.iter().copied().filter(|c| {
-        c.owned && c.name == child_name(&target.set_name, c.slice, &c.revision, &c.role)
+        c.owned
+            && (c.name == child_name(&target.set_name, c.slice, &c.revision, &c.role)
+                || (c.slice == 0
+                    && c.name == legacy_child_name(&target.set_name, &c.revision, &c.role)))
     });
     let target_roles: BTreeSet<&str> = target.roles.iter().map(|r| r.name.as_str()).collect();
     let mut new_children: BTreeMap<&str, &Child> = BTreeMap::new();
@@ -386,10 +500,11 @@ fn steady_actions(
                 replicas: r.replicas,
             }),
             Some(c) => {
-                if c.initial_replicas.is_some() {
-                    actions.push(Action::SetInitialReplicas {
+                if c.initial_replicas.is_some() || c.rollout_target.is_some() {
+                    actions.push(Action::Mark {
                         name: c.name.clone(),
-                        value: None,
+                        mark: None,
+                        replicas: None,
                     });
                 }
                 if c.replicas != r.replicas {
@@ -493,35 +608,222 @@ fn step_actions(
 }
 
 /// When a rollout starts, or an old revision joins one (A→B→C), every old
-/// child records its current replicas as `initial-replicas`: the planner
-/// measures drain progress from there. New children carry no such annotation
-/// (after a rollback, the revision we return to may still have one).
-fn initial_replicas_bookkeeping(
+/// child records its current replicas as `initial-replicas` and its role's
+/// target as `rollout-target`: the planner measures drain progress from the
+/// first, a replica change is recognised by the second. A rollout whose old
+/// children have `initial-replicas` but no `rollout-target` (begun by
+/// upstream's controller or an earlier build) keeps its start and gets the
+/// current target. New children carry no marks (after a rollback, the
+/// revision we return to may still have them).
+fn rollout_bookkeeping(
+    target: &Target,
     old: &[OldRevision<'_>],
     new_children: &BTreeMap<&str, &Child>,
 ) -> Vec<Action> {
+    let target_of = |role: &str| {
+        target
+            .roles
+            .iter()
+            .find(|r| r.name == role)
+            .map_or(0, |r| r.replicas)
+    };
     let mut actions = Vec::new();
-    let restart = old
-        .iter()
-        .flat_map(|r| &r.children)
-        .any(|c| c.initial_replicas.is_none());
-    if restart {
-        for c in old.iter().flat_map(|r| &r.children) {
-            actions.push(Action::SetInitialReplicas {
+    let olds = old.iter().flat_map(|r| &r.children);
+    let restart = olds.clone().any(|c| c.initial_replicas.is_none());
+    for c in olds {
+        let want = Mark {
+            initial_replicas: match c.initial_replicas {
+                Some(initial) if !restart => initial,
+                _ => c.replicas,
+            },
+            target: match c.rollout_target {
+                Some(t) if !restart => t,
+                _ => target_of(&c.role),
+            },
+        };
+        if c.mark() != Some(want) {
+            actions.push(Action::Mark {
                 name: c.name.clone(),
-                value: Some(c.replicas),
+                mark: Some(want),
+                replicas: None,
             });
         }
     }
     for c in new_children.values() {
-        if c.initial_replicas.is_some() {
-            actions.push(Action::SetInitialReplicas {
+        if c.initial_replicas.is_some() || c.rollout_target.is_some() {
+            actions.push(Action::Mark {
                 name: c.name.clone(),
-                value: None,
+                mark: None,
+                replicas: None,
             });
         }
     }
     actions
+}
+
+/// Scaling during a rollout (`docs/planner.md`): a role whose target is not
+/// the one its rollout was planned for (`rollout-target`) is rescaled at
+/// once, both revisions in proportion, so the rollout keeps its position;
+/// and a new child lost mid-rollout is recreated where the rollout had it.
+fn adjust_actions(
+    slice: i32,
+    target: &Target,
+    roles: &[RoleProgress],
+    inputs: &[RoleState],
+    new_children: &BTreeMap<&str, &Child>,
+    old: &[OldRevision<'_>],
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (p, input) in roles.iter().zip(inputs) {
+        let olds: Vec<&Child> = old
+            .iter()
+            .flat_map(|r| &r.children)
+            .filter(|c| c.role == p.name)
+            .copied()
+            .collect();
+        actions.extend(rescale(p, input, &olds, new_children.get(p.name.as_str())));
+    }
+    if !actions.is_empty() {
+        return actions;
+    }
+    // A step that creates new children creates every role's (each role with
+    // a target gets at least one group at step 1), so a role without one while
+    // another has one has lost it. With none at all, the next step creates
+    // them, as a gate allows.
+    if new_children.is_empty() {
+        return actions;
+    }
+    for (i, p) in roles.iter().enumerate() {
+        let in_spec = target.roles.iter().any(|r| r.name == p.name);
+        if in_spec && p.target > 0 && !new_children.contains_key(p.name.as_str()) {
+            actions.push(Action::Create {
+                slice,
+                role: p.name.clone(),
+                replicas: plan::restore_new(inputs, i),
+            });
+        }
+    }
+    actions
+}
+
+/// The rescale of one role whose target changed from `t` (its old
+/// children's `rollout-target`) to `t'`: every count — old, new and
+/// `initial-replicas` — is multiplied by `t'/t`, then the role's total is
+/// held inside `[t' − maxUnavailable, t' + maxSurge]` (old side first) and
+/// no old child that had replicas is left with none (no orphans). The old
+/// children's replicas and marks change in one write each, before the new
+/// child's: were the new child's write refused, the rollout goes on from
+/// the old side's new marks, and no count is ever scaled twice.
+fn rescale(
+    p: &RoleProgress,
+    input: &RoleState,
+    olds: &[&Child],
+    new_child: Option<&&Child>,
+) -> Vec<Action> {
+    let to = p.target;
+    let stale: Vec<&Child> = olds
+        .iter()
+        .copied()
+        .filter(|c| c.rollout_target.is_some_and(|t| t != to))
+        .collect();
+    let Some(from) = stale.first().and_then(|c| c.rollout_target) else {
+        return Vec::new();
+    };
+    let scale = |x: i32| {
+        if from == 0 {
+            x
+        } else {
+            // Rounded half up, in i64: x and `to` are at most MAX_REPLICAS.
+            narrow_i64((2 * i64::from(x) * i64::from(to) + i64::from(from)) / (2 * i64::from(from)))
+        }
+    };
+    let all_stale = stale.len() == olds.len();
+    let fresh: i32 = olds
+        .iter()
+        .filter(|c| !stale.iter().any(|s| s.name == c.name))
+        .map(|c| c.replicas)
+        .sum();
+    // A role scaled to 0 leaves its old revision the way a removed role does:
+    // the planner drains it with the revision's other roles (no orphans).
+    let old_scale = |x: i32| if to == 0 { x } else { scale(x) };
+    // An old child that had replicas keeps at least one: no role of its revision goes alone.
+    let keep = |c: &Child| i32::from(c.replicas > 0 && to > 0);
+    let mut counts: Vec<i32> = stale
+        .iter()
+        .map(|c| old_scale(c.replicas).max(keep(c)))
+        .collect();
+    let mut new = if all_stale {
+        scale(p.new).min(to)
+    } else {
+        p.new
+    };
+    let high = if to == 0 {
+        i32::MAX
+    } else {
+        to.saturating_add(input.max_surge)
+    };
+    let low = (to - input.max_unavailable).max(0);
+    let total = |counts: &[i32], new: i32| fresh + counts.iter().sum::<i32>() + new;
+    // Over the surge bound (rounding, or a role already at its surge): the
+    // old side gives first, newest revision first, down to 1 per child that had any.
+    let mut over = total(&counts, new) - high;
+    for (c, n) in stale.iter().zip(counts.iter_mut()) {
+        let cut = over.min(*n - keep(c)).max(0);
+        *n -= cut;
+        over -= cut;
+    }
+    if over > 0 {
+        new = (new - over).max(0);
+    }
+    // Under the availability bound (rounding): the new side makes it up to
+    // its target, the old side the rest, so both sides move as `t'/t` does.
+    let mut under = low - total(&counts, new);
+    if under > 0 {
+        let add = under.min(to - new).max(0);
+        new += add;
+        under -= add;
+    }
+    if under > 0
+        && let Some(i) = (0..counts.len()).max_by_key(|&i| counts[i])
+    {
+        counts[i] += under;
+    }
+    let old_writes: Vec<Action> = stale
+        .iter()
+        .zip(&counts)
+        .map(|(c, &n)| Action::Mark {
+            name: c.name.clone(),
+            mark: Some(Mark {
+                initial_replicas: old_scale(c.initial_replicas.unwrap_or(c.replicas)).max(n),
+                target: to,
+            }),
+            replicas: (n != c.replicas).then_some(n),
+        })
+        .collect();
+    let new_write = new_child
+        .filter(|c| c.replicas != new)
+        .map(|c| Action::Scale {
+            name: c.name.clone(),
+            replicas: new,
+        });
+    // Old side first; but a shrink goes before a growth (a rounding corner),
+    // so every state between two writes stays within the larger of the
+    // totals before and after.
+    let old_grows = stale.iter().zip(&counts).any(|(c, &n)| n > c.replicas);
+    let new_shrinks = new_child.is_some_and(|c| new < c.replicas);
+    let mut actions = Vec::new();
+    if old_grows && new_shrinks {
+        actions.extend(new_write);
+        actions.extend(old_writes);
+    } else {
+        actions.extend(old_writes);
+        actions.extend(new_write);
+    }
+    actions
+}
+
+fn narrow_i64(v: i64) -> i32 {
+    v.clamp(0, i64::from(disagg_api::limits::MAX_REPLICAS)) as i32
 }
 
 /// Per-role numbers now: target roles in spec order, then roles only old
@@ -622,6 +924,7 @@ pub fn target_for(
         set_name: set.metadata.name.clone().unwrap_or_default(),
         revision: revision.to_string(),
         slices: set.spec.slices,
+        abort: false,
         roles: set
             .spec
             .roles

@@ -220,6 +220,31 @@ pub fn position(roles: &[RoleState]) -> (i32, i32) {
     (narrow(schedule.k_new(roles).min(t)), narrow(t))
 }
 
+/// The new replicas to recreate role `i`'s lost new child with: where the
+/// schedule has it at the position of the slowest role that still has its
+/// new child, within its surge bound.
+pub fn restore_new(roles: &[RoleState], i: usize) -> i32 {
+    let schedule = Schedule::new(roles);
+    let t = schedule.total_steps;
+    if t == 0 {
+        return 0;
+    }
+    let present: Vec<RoleState> = roles
+        .iter()
+        .filter(|r| r.current_new > 0)
+        .copied()
+        .collect();
+    let k_new = if present.is_empty() {
+        0
+    } else {
+        schedule.k_new(&present)
+    };
+    let k = k_new.min(t);
+    let r = &roles[i];
+    let room = r.target.saturating_add(r.max_surge) - r.current_old;
+    schedule.new_at(r, k).min(room).max(0)
+}
+
 /// Runs the planner from the start of a rollout (old = initialOld, new = 0)
 /// until it is done, assuming every step is applied and becomes ready.
 /// Returns every state, the start state first. Stops early if the planner is

@@ -14,6 +14,12 @@ pub fn child_name(set: &str, slice: i32, revision: &str, role: &str) -> String {
     format!("{set}-{slice}-{revision}-{role}")
 }
 
+/// Upstream's name for a slice-0 child made before slices: `<set>-<rev8>-<role>`.
+/// Such children are adopted as slice 0; new children always get [`child_name`].
+pub fn legacy_child_name(set: &str, revision: &str, role: &str) -> String {
+    format!("{set}-{revision}-{role}")
+}
+
 /// The system labels of a child and its pods.
 pub fn system_labels(
     set: &str,

@@ -28,6 +28,7 @@ pub fn steady_children(target: &Target, created: i64) -> Vec<Child> {
                 ready_replicas: r.replicas,
                 status_replicas: r.replicas,
                 initial_replicas: None,
+                rollout_target: None,
                 created,
                 owned: true,
             })
@@ -53,6 +54,7 @@ pub fn apply(target: &Target, children: &mut Vec<Child>, actions: &[Action], cre
                 ready_replicas: *replicas,
                 status_replicas: *replicas,
                 initial_replicas: None,
+                rollout_target: None,
                 created,
                 owned: true,
             }),
@@ -63,9 +65,19 @@ pub fn apply(target: &Target, children: &mut Vec<Child>, actions: &[Action], cre
                     c.status_replicas = *replicas;
                 }
             }
-            Action::SetInitialReplicas { name, value } => {
+            Action::Mark {
+                name,
+                mark,
+                replicas,
+            } => {
                 if let Some(c) = children.iter_mut().find(|c| c.name == *name) {
-                    c.initial_replicas = *value;
+                    c.initial_replicas = mark.map(|m| m.initial_replicas);
+                    c.rollout_target = mark.map(|m| m.target);
+                    if let Some(r) = replicas {
+                        c.replicas = *r;
+                        c.ready_replicas = *r;
+                        c.status_replicas = *r;
+                    }
                 }
             }
             Action::Delete { name } => children.retain(|c| c.name != *name),

@@ -12,6 +12,8 @@ pub mod conditions {
     pub const PROGRESSING: &str = "Progressing";
     pub const DEGRADED: &str = "Degraded";
     pub const ROLLOUT_HELD: &str = "RolloutHeld";
+    /// Present (True) while an abort applies to the set.
+    pub const ROLLOUT_ABORTED: &str = "RolloutAborted";
     pub const PLUGINS_READY: &str = "PluginsReady";
     pub const VALID: &str = "Valid";
     /// Present (True) while the API server refuses writes to the set's children.
@@ -34,6 +36,8 @@ pub struct Observation<'a> {
     pub decision: Option<&'a Decision>,
     pub violations: &'a [Violation],
     pub hold: Option<&'a Hold>,
+    /// Why the set is aborted, while an abort applies.
+    pub abort: Option<&'a str>,
     /// What plugin failures hold back (a missing or failing plugin under
     /// `Fail`, one that could not be asked), if anything.
     pub blocked: Option<&'a str>,
@@ -49,7 +53,18 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
     let rolling = o
         .decision
         .is_some_and(|d| d.slices.iter().any(|s| s.rolling()));
-    let available = o.violations.is_empty() && !rolling && all_ready(o);
+    // Back at the stable revision after an abort, every role ready: serving, as before the rollout.
+    let rolled_back = o.abort.is_some()
+        && o.decision.is_some_and(|d| {
+            d.slices
+                .iter()
+                .all(|s| s.aborted_to.is_some() && s.state == SliceState::Steady)
+        })
+        && o.children
+            .iter()
+            .filter(|c| c.owned)
+            .all(|c| c.ready_replicas == c.replicas && c.status_replicas == c.replicas);
+    let available = o.violations.is_empty() && !rolling && (all_ready(o) || rolled_back);
 
     let previous = o.previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
     let mut conds = Vec::new();
@@ -71,7 +86,31 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
         let messages: Vec<String> = o.violations.iter().map(ToString::to_string).collect();
         set(VALID, false, "Invalid", messages.join("; "));
     }
-    if available {
+    let stable = o
+        .decision
+        .and_then(|d| d.slices.iter().find_map(|s| s.aborted_to.clone()));
+    if let Some(why) = o.abort {
+        let message = match (&stable, rolling) {
+            (Some(s), true) => format!("{why}; rolling back to revision {s}"),
+            (Some(s), false) => format!(
+                "{why}; back at revision {s}: remove the abort annotation (kubectl disagg resume) or change the spec to roll forward"
+            ),
+            (None, _) => format!(
+                "{why}; nothing to roll back to: revision {} is the only one left",
+                o.target.revision
+            ),
+        };
+        set(ROLLOUT_ABORTED, true, "AbortRequested", message);
+    }
+    if rolled_back && o.violations.is_empty() {
+        let why = format!(
+            "every role is ready at revision {}, the rollout to {} is aborted",
+            stable.clone().unwrap_or_default(),
+            o.target.revision
+        );
+        set(AVAILABLE, true, "RolledBack", why.clone());
+        set(PROGRESSING, false, "Aborted", why);
+    } else if available {
         let why = "every role is ready at the target revision";
         set(AVAILABLE, true, "AllRolesReady", why.into());
         set(PROGRESSING, false, "AllRolesReady", why.into());
@@ -79,7 +118,9 @@ pub fn compute(o: &Observation<'_>) -> DisaggregatedSetStatus {
         set(AVAILABLE, false, "PluginBlocked", why.to_string());
         set(PROGRESSING, true, "PluginBlocked", why.to_string());
     } else {
-        let why = if rolling {
+        let why = if let (Some(s), true) = (&stable, rolling) {
+            format!("aborted: rolling back to revision {s}")
+        } else if rolling {
             format!("rolling out revision {}", o.target.revision)
         } else {
             "waiting for roles to become ready".into()

@@ -15,7 +15,7 @@
 //! `FailedWrite` Event), since only the executor learns of it.
 
 use crate::bindings::{self, Bound, DefaultBinding, Failure};
-use crate::execute::{self, Action, Child, Decision, SliceState, Target, target_for};
+use crate::execute::{self, Action, Child, Decision, Mark, SliceState, Target, target_for};
 use crate::plugins::{GateRequest, PluginError, Plugins, RoleStep, Violation};
 use crate::render::{is_controlled_by, owner_reference, render_child};
 use crate::revision::revision;
@@ -222,6 +222,8 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     let mut target = target_for(set, &rev, |r| {
         scaled.get(&r.name).copied().unwrap_or(r.spec.replicas)
     });
+    let abort = abort_request(set, &rev);
+    target.abort = abort.is_some();
     let mut decision = None;
     let mut hold = None;
     let mut blocked_by = None;
@@ -246,7 +248,10 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             }
         }
         let d = execute::decide(&target, &children);
-        let (held, gate_failures) = gates(set, &bound, &d, &children, &rev, o.now);
+        let (held, gate_failures) = match pause_request(set, &d) {
+            Some(paused) => (Some(paused), Vec::new()),
+            None => gates(set, &bound, &d, &children, &rev, o.now),
+        };
         failures.extend(gate_failures);
         hold = held;
         let mut writes = child_writes(set, &set_json, &bound, &d, &children, &rev, hold.is_some());
@@ -279,6 +284,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         decision: decision.as_ref(),
         violations: &violations,
         hold: hold.as_ref().map(|(h, _)| h),
+        abort: abort.as_deref(),
         blocked: blocked_by.as_deref(),
         progress_deadline_seconds: set.spec.progress_deadline_seconds,
         previous: set.status.as_ref(),
@@ -322,6 +328,47 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     plan.violations = violations;
     plan.failures = failures;
     plan
+}
+
+/// Why the set is to be aborted, when its `abort` annotation applies to
+/// revision `rev`: always without `abort-revision`, else only for that one
+/// (so a spec change rolls forward again without anyone removing it).
+fn abort_request(set: &DisaggregatedSet, rev: &str) -> Option<String> {
+    let annotations = set.metadata.annotations.as_ref()?;
+    let why = annotations.get(keys::ABORT)?;
+    if annotations
+        .get(keys::ABORT_REVISION)
+        .is_some_and(|r| !r.is_empty() && r != rev)
+    {
+        return None;
+    }
+    Some(if why.trim().is_empty() {
+        "abort requested".to_string()
+    } else {
+        truncate(why.trim(), 512)
+    })
+}
+
+/// The hold of a `paused` set that is about to take a rollout step (an abort
+/// is never paused: it is what a pause is for getting out of).
+fn pause_request(set: &DisaggregatedSet, d: &Decision) -> Option<(Hold, Duration)> {
+    let why = set.metadata.annotations.as_ref()?.get(keys::PAUSED)?;
+    let stepping = d
+        .slices
+        .iter()
+        .any(|s| s.state == SliceState::Stepping && s.aborted_to.is_none());
+    stepping.then(|| {
+        let reason = if why.trim().is_empty() {
+            "paused".to_string()
+        } else {
+            truncate(why.trim(), 512)
+        };
+        let hold = Hold {
+            gate: "paused".to_string(),
+            reason,
+        };
+        (hold, STEADY_RECHECK)
+    })
 }
 
 /// When to decide again with nothing changed.

@@ -40,7 +40,7 @@ pub(super) fn gates(
     for slice in decision
         .slices
         .iter()
-        .filter(|s| s.state == SliceState::Stepping)
+        .filter(|s| s.state == SliceState::Stepping && s.aborted_to.is_none())
     {
         let ready = |role: &str| {
             children
@@ -118,7 +118,7 @@ pub(super) fn child_writes(
     let slices = decision
         .slices
         .iter()
-        .filter(|s| !(held && s.state == SliceState::Stepping));
+        .filter(|s| !(held && s.state == SliceState::Stepping && s.aborted_to.is_none()));
     let actions = decision
         .removed_slices
         .iter()
@@ -159,10 +159,15 @@ pub(super) fn child_writes(
                 },
                 scope_of.get(name.as_str()).cloned(),
             ),
-            Action::SetInitialReplicas { name, value } => (
-                Write::AnnotateChild {
+            Action::Mark {
+                name,
+                mark,
+                replicas,
+            } => (
+                Write::MarkChild {
                     name: name.clone(),
-                    initial_replicas: *value,
+                    mark: *mark,
+                    replicas: *replicas,
                 },
                 scope_of.get(name.as_str()).cloned(),
             ),

@@ -24,10 +24,13 @@ pub enum Write {
         name: String,
         replicas: i32,
     },
-    /// A merge patch setting (`Some`) or removing the `initial-replicas` annotation.
-    AnnotateChild {
+    /// A merge patch setting (`Some`) or removing (`None`) the rollout
+    /// marks (`initial-replicas`, `rollout-target`), and `spec.replicas` with
+    /// them when `replicas` is set.
+    MarkChild {
         name: String,
-        initial_replicas: Option<i32>,
+        mark: Option<Mark>,
+        replicas: Option<i32>,
     },
     DeleteChild {
         name: String,
@@ -60,7 +63,7 @@ impl Write {
             Write::ScalerStatus { name, .. }
             | Write::DeleteScaler { name }
             | Write::ScaleChild { name, .. }
-            | Write::AnnotateChild { name, .. }
+            | Write::MarkChild { name, .. }
             | Write::DeleteChild { name } => name,
         }
     }
@@ -71,7 +74,7 @@ impl Write {
             self,
             Write::CreateChild(_)
                 | Write::ScaleChild { .. }
-                | Write::AnnotateChild { .. }
+                | Write::MarkChild { .. }
                 | Write::DeleteChild { .. }
         )
     }
@@ -81,7 +84,8 @@ impl Write {
         let verb = match self {
             Write::CreateScaler(_) | Write::CreateChild(_) => "cannot create",
             Write::ScaleChild { .. } => "cannot scale",
-            Write::AnnotateChild { .. } => "cannot annotate",
+            Write::MarkChild { replicas: None, .. } => "cannot annotate",
+            Write::MarkChild { .. } => "cannot scale",
             Write::ScalerStatus { .. } => "cannot update the status of",
             Write::DeleteScaler { .. } | Write::DeleteChild { .. } => "cannot delete",
         };
@@ -140,7 +144,19 @@ impl Write {
                 "Rollout",
                 format!("deleted LeaderWorkerSet {name}"),
             ),
-            Write::ScalerStatus { .. } | Write::AnnotateChild { .. } => None,
+            Write::MarkChild {
+                name,
+                replicas: Some(replicas),
+                mark: Some(mark),
+            } => normal(
+                "ScaledChild",
+                "Rollout",
+                format!(
+                    "scaled LeaderWorkerSet {name} to {replicas} replicas: its role's target changed to {} during the rollout",
+                    mark.target
+                ),
+            ),
+            Write::ScalerStatus { .. } | Write::MarkChild { .. } => None,
         }
     }
 }

@@ -159,10 +159,12 @@ fn ready_child(
 ) -> LeaderWorkerSet {
     let mut child = render_child(set, &set.spec.roles[role], 0, rev, replicas);
     if let Some(initial) = initial {
-        child.metadata.annotations = Some(BTreeMap::from([(
-            keys::INITIAL_REPLICAS.to_string(),
-            initial.to_string(),
-        )]));
+        // An old child mid-rollout, planned for the role's spec replicas.
+        let target = set.spec.roles[role].spec.replicas;
+        child.metadata.annotations = Some(BTreeMap::from([
+            (keys::INITIAL_REPLICAS.to_string(), initial.to_string()),
+            (keys::ROLLOUT_TARGET.to_string(), target.to_string()),
+        ]));
     }
     child.status = Some(LeaderWorkerSetStatus {
         replicas,

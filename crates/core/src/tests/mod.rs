@@ -5,6 +5,7 @@ mod patch;
 mod planner_props;
 mod render;
 mod revision;
+mod rollout_ops;
 mod status;
 
 use super::execute::{Child, Target, TargetRole};
@@ -17,6 +18,7 @@ pub fn target(revision: &str, roles: &[(&str, i32)]) -> Target {
         set_name: "s".into(),
         revision: revision.into(),
         slices: 1,
+        abort: false,
         roles: roles
             .iter()
             .map(|(n, r)| TargetRole {
@@ -26,6 +28,22 @@ pub fn target(revision: &str, roles: &[(&str, i32)]) -> Target {
             })
             .collect(),
     }
+}
+
+/// Marks every old child (one with `initial-replicas`) as planned for `t`'s
+/// targets, as the rollout's bookkeeping would have.
+pub fn planned_for(t: &Target, mut children: Vec<Child>) -> Vec<Child> {
+    for c in &mut children {
+        if c.initial_replicas.is_some() {
+            c.rollout_target = Some(
+                t.roles
+                    .iter()
+                    .find(|r| r.name == c.role)
+                    .map_or(0, |r| r.replicas),
+            );
+        }
+    }
+    children
 }
 
 /// An owned, ready child of slice 0.
@@ -45,6 +63,7 @@ pub fn child(
         ready_replicas: replicas,
         status_replicas: replicas,
         initial_replicas: initial,
+        rollout_target: None,
         created,
         owned: true,
     }
