@@ -203,3 +203,29 @@ fn a_closed_pipe_is_not_an_error() {
         "{stderr}"
     );
 }
+
+/// The revisions of the committed manifests, as the operator computes them
+/// after the API server's defaulting (no plugins). Pinned: a change here means
+/// the hash function, a dependency's serialisation or the schema's defaults
+/// changed, and every set in every cluster would get a new revision. Adoption
+/// by template equality (`disagg_core::adopt`) keeps such a change from
+/// rolling anything out, but it must never happen by accident.
+#[test]
+fn the_revisions_of_committed_manifests_are_pinned() {
+    let pinned = [
+        ("examples/vllm-pd.yaml", "3e5fe072"),
+        ("examples/sglang-pd.yaml", "cc220f09"),
+        ("examples/epd-3role.yaml", "59071076"),
+        ("examples/vllm-pd-plugins.yaml", "3e5fe072"),
+        ("host/tests/fixtures/earlier-build/vllm-pd.yaml", "3e5fe072"),
+    ];
+    let got: Vec<(&str, String)> = pinned
+        .iter()
+        .map(|(file, _)| {
+            let set = disagg::input::load_set(&test_support::repo(file)).unwrap();
+            (*file, disagg::core::revision::revision(&set.spec, &[]))
+        })
+        .collect();
+    let want: Vec<(&str, String)> = pinned.iter().map(|(f, r)| (*f, r.to_string())).collect();
+    assert_eq!(got, want);
+}

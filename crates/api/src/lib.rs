@@ -52,6 +52,9 @@ pub mod keys {
     /// Set by a user (or `kubectl disagg pause`): take no rollout step. The
     /// value says who and why.
     pub const PAUSED: &str = "disaggregatedset.x-k8s.io/paused";
+    /// A child's template fingerprint, in the operator's watch cache only
+    /// (which drops the templates themselves); never written to the API.
+    pub const TEMPLATE_FINGERPRINT: &str = "disaggregatedset.x-k8s.io/template-fingerprint";
     /// Marks a ConfigMap as a plugin.
     pub const PLUGIN: &str = "disaggregatedset.x-k8s.io/plugin";
     /// Manual approval of a rollout step, read by the rollout-gate plugin.

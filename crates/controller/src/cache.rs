@@ -239,6 +239,13 @@ pub fn slim<K: Resource>(object: &mut K) {
 /// most of an LWS: as JSON trees, several KiB each.
 pub fn slim_child(child: &mut LeaderWorkerSet) {
     slim(child);
+    // What adoption compares templates by (`disagg_core::adopt`), kept in their stead.
+    let fingerprint = disagg_core::adopt::fingerprint(&child.spec.leader_worker_template);
+    child
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(keys::TEMPLATE_FINGERPRINT.to_string(), fingerprint);
     let template = &mut child.spec.leader_worker_template;
     template.leader_template = None;
     template.worker_template = Default::default();

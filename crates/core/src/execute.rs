@@ -46,6 +46,8 @@ pub struct Child {
     pub created: i64,
     /// Whether this set is its controller. Others are never touched.
     pub owned: bool,
+    /// Its template's fingerprint (`adopt::fingerprint`), when known.
+    pub fingerprint: Option<String>,
 }
 
 impl Child {
@@ -85,6 +87,16 @@ impl Child {
                 .map(|t| t.0.as_second())
                 .unwrap_or(0),
             owned,
+            fingerprint: if lws.spec.leader_worker_template.worker_template.0.is_empty() {
+                // Read from the operator's cache, which keeps only the fingerprint.
+                lws.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(keys::TEMPLATE_FINGERPRINT))
+                    .cloned()
+            } else {
+                Some(super::adopt::fingerprint(&lws.spec.leader_worker_template))
+            },
         })
     }
 

@@ -8,11 +8,13 @@
 //!
 //! [`decide`] is the one entry point: observed objects in, a [`decide::Plan`]
 //! out. Underneath it, `revision` and `render` turn a set into child objects,
+//! `adopt` recognises children that already run the set's templates,
 //! `plan` is the rollout planner (numbers only, `docs/planner.md`), `execute`
 //! turns observed children into the next actions, `bindings` runs the set's
 //! plugins through the [`plugins`] interface, and `status` summarises it all.
 #![forbid(unsafe_code)]
 
+pub mod adopt;
 pub mod bindings;
 pub mod decide;
 pub mod execute;

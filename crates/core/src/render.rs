@@ -69,6 +69,8 @@ pub fn render_child(
     let meta = role.metadata.clone().unwrap_or_default();
     let mut labels = meta.labels;
     labels.extend(system.clone());
+    let app = app_label(set_name, slice, &role.name);
+    labels.entry(APP.to_string()).or_insert_with(|| app.clone());
 
     let mut spec: LeaderWorkerSetSpec = role.spec.clone();
     spec.replicas = replicas;
@@ -77,7 +79,7 @@ pub fn render_child(
     for pod in std::iter::once(&mut template.worker_template.0)
         .chain(template.leader_template.as_mut().map(|t| &mut t.0))
     {
-        add_pod_labels(pod, &system);
+        add_pod_labels(pod, &system, &app);
         if let Some(terms) = &placement {
             add_affinity(pod, terms);
         }
@@ -97,11 +99,24 @@ pub fn render_child(
     }
 }
 
-fn add_pod_labels(pod: &mut Map<String, Value>, system: &BTreeMap<String, String>) {
+fn add_pod_labels(pod: &mut Map<String, Value>, system: &BTreeMap<String, String>, app: &str) {
     let labels = object_at(object_at(pod, "metadata"), "labels");
     for (k, v) in system {
         labels.insert(k.clone(), Value::String(v.clone()));
     }
+    labels
+        .entry(APP)
+        .or_insert_with(|| Value::String(app.to_string()));
+}
+
+/// The `app` label upstream's controller sets on children and their pods.
+const APP: &str = "app";
+
+/// Upstream's `app` value, `<set>-<slice>-<role>`: selectors written for
+/// upstream's pods find ours. A user's own `app` is kept (upstream overrides
+/// it); adoption ignores `app` either way.
+pub fn app_label(set: &str, slice: i32, role: &str) -> String {
+    format!("{set}-{slice}-{role}")
 }
 
 /// Required pod (anti-)affinity terms for the set's placement policy.

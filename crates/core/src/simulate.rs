@@ -31,6 +31,7 @@ pub fn steady_children(target: &Target, created: i64) -> Vec<Child> {
                 rollout_target: None,
                 created,
                 owned: true,
+                fingerprint: None,
             })
         })
         .collect()
@@ -57,6 +58,7 @@ pub fn apply(target: &Target, children: &mut Vec<Child>, actions: &[Action], cre
                 rollout_target: None,
                 created,
                 owned: true,
+                fingerprint: None,
             }),
             Action::Scale { name, replicas } => {
                 if let Some(c) = children.iter_mut().find(|c| c.name == *name) {

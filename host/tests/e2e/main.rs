@@ -9,5 +9,7 @@ mod faults;
 mod harness;
 mod lifecycle;
 mod plugins;
+mod rollout_ops;
 mod rollouts;
 mod trust;
+mod upstream;

@@ -14,6 +14,7 @@
 //! is reported by [`Plan::after_writes`] (the `ReplicaFailure` condition and a
 //! `FailedWrite` Event), since only the executor learns of it.
 
+use crate::adopt;
 use crate::bindings::{self, Bound, DefaultBinding, Failure};
 use crate::execute::{self, Action, Child, Decision, Mark, SliceState, Target, target_for};
 use crate::plugins::{GateRequest, PluginError, Plugins, RoleStep, Violation};
@@ -218,11 +219,21 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         violations.extend(v);
         failures.extend(f);
     }
-    let rev = revision(&set.spec, &bindings::template_plugins(&bound));
+    let hashed = revision(&set.spec, &bindings::template_plugins(&bound));
+    // Children already running exactly these templates keep running: their revision is ours.
+    let roles: Vec<&str> = set.spec.roles.iter().map(|r| r.name.as_str()).collect();
+    let rev = adopt::revision_of(&hashed, &roles, &children, |role, slice, candidate| {
+        let spec = set.spec.roles.iter().find(|r| r.name == role)?;
+        let child = render_child(set, spec, slice, candidate, spec.spec.replicas);
+        let (patched, _) = bindings::patch(&set_json, &bound, role, slice, candidate, child);
+        Some(adopt::fingerprint(
+            &patched.ok()?.spec.leader_worker_template,
+        ))
+    });
     let mut target = target_for(set, &rev, |r| {
         scaled.get(&r.name).copied().unwrap_or(r.spec.replicas)
     });
-    let abort = abort_request(set, &rev);
+    let abort = abort_request(set, &[&hashed, &rev]);
     target.abort = abort.is_some();
     let mut decision = None;
     let mut hold = None;
@@ -331,14 +342,15 @@ pub fn decide(o: &Observed<'_>) -> Plan {
 }
 
 /// Why the set is to be aborted, when its `abort` annotation applies to
-/// revision `rev`: always without `abort-revision`, else only for that one
+/// the set's revision (`revs`: hashed and adopted): always without
+/// `abort-revision`, else only for that one
 /// (so a spec change rolls forward again without anyone removing it).
-fn abort_request(set: &DisaggregatedSet, rev: &str) -> Option<String> {
+fn abort_request(set: &DisaggregatedSet, revs: &[&str]) -> Option<String> {
     let annotations = set.metadata.annotations.as_ref()?;
     let why = annotations.get(keys::ABORT)?;
     if annotations
         .get(keys::ABORT_REVISION)
-        .is_some_and(|r| !r.is_empty() && r != rev)
+        .is_some_and(|r| !r.is_empty() && !revs.contains(&r.as_str()))
     {
         return None;
     }

@@ -159,7 +159,9 @@ fn ready_child(
 ) -> LeaderWorkerSet {
     let mut child = render_child(set, &set.spec.roles[role], 0, rev, replicas);
     if let Some(initial) = initial {
-        // An old child mid-rollout, planned for the role's spec replicas.
+        // An old child mid-rollout, planned for the role's spec replicas, and
+        // with another template (else it would be adopted as the current one).
+        child.spec.leader_worker_template.size += 1;
         let target = set.spec.roles[role].spec.replicas;
         child.metadata.annotations = Some(BTreeMap::from([
             (keys::INITIAL_REPLICAS.to_string(), initial.to_string()),

@@ -66,5 +66,6 @@ pub fn child(
         rollout_target: None,
         created,
         owned: true,
+        fingerprint: None,
     }
 }
