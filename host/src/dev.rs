@@ -11,8 +11,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{CustomResourceExt, ResourceExt};
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -227,99 +225,12 @@ async fn show(client: &kube::Client) {
             sets.list(&ListParams::default()).await,
             lws.list(&ListParams::default().labels(keys::NAME)).await,
         ) {
-            let table = table(&sets.items, &children.items);
+            let table = crate::kubectl::table(&sets.items, &children.items);
             if table != last {
                 println!("\n{table}");
                 last = table;
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// One line per set and role: replicas (ready/desired) per revision, the step and any hold.
-pub fn table(sets: &[DisaggregatedSet], children: &[LeaderWorkerSet]) -> String {
-    let mut out = format!(
-        "{:<24} {:<10} {:<28} {:<10} {:<9} HELD\n",
-        "SET", "ROLE", "REVISIONS (ready/desired)", "STEP", "AVAILABLE"
-    );
-    for set in sets {
-        let name = set.name_any();
-        let status = set.status.clone().unwrap_or_default();
-        let step = status
-            .rollout
-            .as_ref()
-            .map(|r| format!("{}/{}", r.step, r.total_steps))
-            .unwrap_or_else(|| "-".into());
-        // Held by a gate, or held back by a failing or missing plugin.
-        let gate = status.rollout.as_ref().and_then(|r| {
-            r.held_by
-                .clone()
-                .map(|g| format!("{g}: {}", r.hold_reason.clone().unwrap_or_default()))
-        });
-        let plugin = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Progressing" && c.reason == "PluginBlocked")
-            .map(|c| c.message.clone());
-        let held = gate.or(plugin).unwrap_or_default();
-        let available = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Available")
-            .map(|c| c.status.clone())
-            .unwrap_or_else(|| "-".into());
-        for role in &set.spec.roles {
-            let mut per_revision: BTreeMap<String, (i32, i32)> = BTreeMap::new();
-            for c in children.iter().filter(|c| {
-                c.namespace() == set.namespace()
-                    && c.labels().get(keys::NAME) == Some(&name)
-                    && c.labels().get(keys::ROLE) == Some(&role.name)
-            }) {
-                let rev = c.labels().get(keys::REVISION).cloned().unwrap_or_default();
-                let e = per_revision.entry(rev).or_default();
-                e.0 += c.status.as_ref().map_or(0, |s| s.ready_replicas);
-                e.1 += c.spec.replicas;
-            }
-            let revisions = per_revision
-                .iter()
-                .map(|(rev, (ready, desired))| format!("{rev}:{ready}/{desired}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let _ = writeln!(
-                out,
-                "{:<24} {:<10} {:<28} {:<10} {:<9} {held}",
-                name, role.name, revisions, step, available
-            );
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set_with(status: serde_json::Value) -> DisaggregatedSet {
-        let mut set: DisaggregatedSet =
-            serde_yaml_ng::from_str(include_str!("../../examples/vllm-pd.yaml")).unwrap();
-        set.status = Some(serde_json::from_value(status).unwrap());
-        set
-    }
-
-    #[test]
-    fn the_held_column_shows_gates_and_plugins_that_hold_a_set_back() {
-        let gated = set_with(serde_json::json!({"rollout": {"step": 0, "totalSteps": 4,
-            "heldBy": "rollout-gate", "holdReason": "waiting for approval of step 1"}}));
-        let blocked = set_with(serde_json::json!({"conditions": [{"type": "Progressing",
-            "status": "True", "reason": "PluginBlocked", "lastTransitionTime": "2026-12-02T00:00:00Z",
-            "message": "changes to role prefill wait for plugins: hostile (patch-role, role prefill, Fail): trapped"}]}));
-        let table = table(&[gated, blocked], &[]);
-        let lines: Vec<&str> = table.lines().collect();
-        assert!(
-            lines[1].ends_with("rollout-gate: waiting for approval of step 1"),
-            "{table}"
-        );
-        assert!(lines[3].ends_with("changes to role prefill wait for plugins: hostile (patch-role, role prefill, Fail): trapped"), "{table}");
     }
 }

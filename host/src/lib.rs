@@ -21,6 +21,7 @@ pub mod defaults;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod input;
+pub mod kubectl;
 pub mod plugin_new;
 pub mod plugin_run;
 pub mod render;

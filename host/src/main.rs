@@ -301,12 +301,37 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing reconciles in flight");
 }
 
+/// `kubectl disagg VERB`: prints what the verb says, or why it failed.
+fn kubectl(cli: disagg::kubectl::Cli) -> ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(disagg::kubectl::run(cli)));
+    match result {
+        Ok(out) => {
+            emit(&out);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Exit code for bad input (like clap's usage errors).
 const BAD_INPUT: u8 = 2;
 /// Exit code when a plugin under failure policy Fail kept some children from rendering.
 const PLUGIN_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
+    // Installed or symlinked as `kubectl-disagg`, this binary is a kubectl plugin.
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
+    if invoked_as.as_deref() == Some("kubectl-disagg") {
+        return kubectl(disagg::kubectl::Cli::parse());
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => return run(args),

@@ -7,6 +7,7 @@ mod bad_input;
 mod common;
 mod faults;
 mod harness;
+mod kubectl_verbs;
 mod lifecycle;
 mod plugins;
 mod rollout_ops;
