@@ -230,13 +230,48 @@ async fn default_bindings_and_plugin_hot_swap() {
         revision.insert(name, revision_of(&sets.get(name).await.unwrap()));
     }
 
-    // A new build of a template-patching plugin rolls out every set bound to it.
+    // A new build of a template-patching plugin that patches the templates as
+    // the last one did is in use at once and rolls nothing out: the children
+    // already run what it renders (adoption by template equality).
+    let before: BTreeMap<&str, Vec<_>> = [
+        ("plain", children(&lws, "plain").await),
+        ("tuned", children(&lws, "tuned").await),
+    ]
+    .into();
     put_plugin(&cluster.client, "role-profile", "plugin.wasm", v2.clone()).await;
     for name in ["plain", "tuned"] {
-        let (set, _) = settle(&sets, &lws, name, &revision[name], &bound).await;
-        assert_eq!(plugin_digest(&set, "role-profile"), Some(d2.clone()));
-        revision.insert(name, revision_of(&set));
+        let (set, kids) = watch_until(
+            &sets,
+            &lws,
+            name,
+            "v2 in use",
+            |_| {},
+            |s, _| plugin_digest(s, "role-profile") == Some(d2.clone()) && available(s),
+        )
+        .await;
+        assert_eq!(revision_of(&set), revision[name], "{name}: no new revision");
+        let uids = |k: &[LeaderWorkerSet]| {
+            k.iter()
+                .map(|c| (c.metadata.uid.clone(), c.metadata.resource_version.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            uids(&kids),
+            uids(&before[name]),
+            "{name}: children untouched"
+        );
     }
+    // A binding whose patch changes does roll out.
+    sets.patch(
+        "tuned",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"plugins": [{"name": "role-profile",
+            "config": {"roles": {"decode": {"env": {"TUNED": "more"}}}}}]}})),
+    )
+    .await
+    .unwrap();
+    let (set, _) = settle(&sets, &lws, "tuned", &revision["tuned"], &bound).await;
+    revision.insert("tuned", revision_of(&set));
 
     // A broken component is refused: the last good one stays in use (no rollout),
     // the ConfigMap gets a Warning Event, and the sets say why in PluginsReady.
@@ -301,7 +336,8 @@ async fn default_bindings_and_plugin_hot_swap() {
     assert_eq!(condition(&set, "PluginsReady").as_deref(), Some("False"));
 
     // A gzip-compressed v1 loads (its digest is that of the component): the pin
-    // matches, the others roll back to v1, and every set is ready again.
+    // matches, the others use v1 again (which renders what their children run:
+    // nothing rolls), and every set is ready again.
     put_plugin(
         &cluster.client,
         "role-profile",
@@ -311,9 +347,20 @@ async fn default_bindings_and_plugin_hot_swap() {
     .await;
     until_available(&sets, &lws, "pinned").await;
     for name in ["plain", "tuned"] {
-        let (set, _) = settle(&sets, &lws, name, &revision[name], &bound).await;
-        assert_eq!(plugin_digest(&set, "role-profile"), Some(d1.clone()));
-        assert_eq!(condition(&set, "PluginsReady").as_deref(), Some("True"));
+        let (set, _) = watch_until(
+            &sets,
+            &lws,
+            name,
+            "v1 in use",
+            |_| {},
+            |s, _| {
+                plugin_digest(s, "role-profile") == Some(d1.clone())
+                    && condition(s, "PluginsReady").as_deref() == Some("True")
+                    && available(s)
+            },
+        )
+        .await;
+        assert_eq!(revision_of(&set), revision[name], "{name}: nothing rolled");
     }
 
     // A deleted plugin is reported on the sets that need it, and their children stay as they are.
