@@ -80,6 +80,11 @@ pub struct Role {
     /// Where replicas come from. Omit for Static.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<RoleScaling>,
+    /// Roles whose groups of the same revision and slice must be ready before
+    /// this role's are created (extension; upstream has no such field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub start_after: Vec<String>,
 }
 
 impl Role {

@@ -237,3 +237,38 @@ fn pruning_drops_undeclared_fields_except_where_preserved() {
         "spec": {"a": 1, "free": {"any": {"thing": 1}}, "list": [{"k": "x"}], "map": {"p": "q"}}})
     );
 }
+
+#[test]
+fn start_after_names_other_roles_and_has_no_cycle() {
+    let with = |orders: &[(&str, &[&str])]| {
+        let roles: Vec<Value> = orders
+            .iter()
+            .map(|(name, after)| {
+                let mut r = role(name, 1);
+                r["startAfter"] = json!(after);
+                r
+            })
+            .collect();
+        messages(&set_with("llm", json!({ "roles": roles })))
+    };
+    assert_eq!(
+        with(&[
+            ("prefill", &[]),
+            ("decode", &["prefill"]),
+            ("router", &["decode", "prefill"])
+        ]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        with(&[("prefill", &["prefill"]), ("decode", &[])]),
+        ["spec.roles[0].startAfter[0]: role prefill cannot start after itself"]
+    );
+    assert_eq!(
+        with(&[("prefill", &[]), ("decode", &["encode"])]),
+        ["spec.roles[1].startAfter[0]: \"encode\" is not a role of this set"]
+    );
+    assert_eq!(
+        with(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"])]),
+        ["spec.roles: startAfter forms a cycle: a → c → b → a"]
+    );
+}

@@ -162,6 +162,7 @@ pub fn validate(set: &DisaggregatedSet) -> Vec<Violation> {
     }
 
     let role_names: BTreeSet<&str> = spec.roles.iter().map(|r| r.name.as_str()).collect();
+    out.extend(start_order(spec, &role_names));
     out.extend(plugin_bindings(
         &spec.plugins,
         "spec.plugins",
@@ -174,6 +175,65 @@ pub fn validate(set: &DisaggregatedSet) -> Vec<Violation> {
             "spec.progressDeadlineSeconds",
             format!("must be at least 1, is {s}"),
         ));
+    }
+    out
+}
+
+/// `startAfter` names other roles of the set, and the order has no cycle.
+fn start_order(spec: &crate::set::DisaggregatedSetSpec, names: &BTreeSet<&str>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (i, role) in spec.roles.iter().enumerate() {
+        for (j, after) in role.start_after.iter().enumerate() {
+            let at = format!("spec.roles[{i}].startAfter[{j}]");
+            if after == &role.name {
+                out.push(violation(
+                    at,
+                    format!("role {} cannot start after itself", role.name),
+                ));
+            } else if !names.contains(after.as_str()) {
+                out.push(violation(
+                    at,
+                    format!("{after:?} is not a role of this set"),
+                ));
+            }
+        }
+    }
+    // Depth-first: a role reached again on its own path closes a cycle.
+    fn visit<'a>(
+        spec: &'a crate::set::DisaggregatedSetSpec,
+        role: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Vec<&'a str>> {
+        if let Some(at) = path.iter().position(|r| *r == role) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(role);
+            return Some(cycle);
+        }
+        if !done.insert(role) {
+            return None;
+        }
+        path.push(role);
+        let after = spec.roles.iter().find(|r| r.name == role)?;
+        for next in &after.start_after {
+            if next != role
+                && let Some(cycle) = visit(spec, next, path, done)
+            {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    for role in &spec.roles {
+        if let Some(cycle) = visit(spec, &role.name, &mut Vec::new(), &mut done) {
+            out.push(violation(
+                "spec.roles",
+                format!("startAfter forms a cycle: {}", cycle.join(" → ")),
+            ));
+            break;
+        }
     }
     out
 }

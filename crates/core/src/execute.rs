@@ -132,6 +132,9 @@ pub struct TargetRole {
     /// Replicas per slice.
     pub replicas: i32,
     pub budget: Budget,
+    /// Roles whose children of the same revision must be ready before this
+    /// role's child is created (`startAfter`).
+    pub start_after: Vec<String>,
 }
 
 /// One API write. `Create` leaves rendering to the caller.
@@ -289,11 +292,14 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
         old,
         mut actions,
     } = sort(target, children);
+    let waiting = waiting_to_start(target, &new_children);
     let plan = |state, roles, position, mut actions: Vec<Action>| {
         if aborted_to.is_some() {
             // The stable revision's template is not in the spec: nothing of it can be created.
             actions.retain(|a| !matches!(a, Action::Create { .. }));
         }
+        // A role that starts after others is created once they are ready.
+        actions.retain(|a| !matches!(a, Action::Create { role, .. } if waiting.contains(role)));
         SlicePlan {
             slice,
             state,
@@ -375,6 +381,28 @@ fn decide_slice(target: &Target, slice: i32, children: &[&Child]) -> SlicePlan {
     plan(SliceState::Stepping, roles, position, actions)
 }
 
+/// Roles of the target whose `startAfter` roles do not all have a ready
+/// child of the target revision in this slice yet (a role whose target is
+/// 0 counts as ready: it has nothing to wait for).
+fn waiting_to_start(target: &Target, new_children: &BTreeMap<&str, &Child>) -> BTreeSet<String> {
+    let ready = |role: &str| {
+        target
+            .roles
+            .iter()
+            .find(|r| r.name == role)
+            .is_none_or(|r| r.replicas == 0)
+            || new_children
+                .get(role)
+                .is_some_and(|c| c.replicas > 0 && c.is_ready())
+    };
+    target
+        .roles
+        .iter()
+        .filter(|r| r.start_after.iter().any(|after| !ready(after)))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
 /// What an aborted slice returns to: its oldest revision other than the
 /// spec's (the one the rollout started from), at the replicas the set asks
 /// for now (as a Deployment's rollback, and Argo Rollouts' abort, return the
@@ -402,6 +430,7 @@ fn abort_target(target: &Target, children: &[&Child]) -> Option<Target> {
                 name: c.role.clone(),
                 replicas: c.initial_replicas.unwrap_or(c.replicas),
                 budget: Budget::DEFAULT,
+                start_after: Vec::new(),
             },
         });
     }
@@ -956,6 +985,7 @@ pub fn target_for(
                     name: r.name.clone(),
                     replicas,
                     budget: resolve_budget(cfg, replicas),
+                    start_after: r.start_after.clone(),
                 }
             })
             .collect(),

@@ -508,3 +508,57 @@ async fn an_operator_upgrade_rolls_nothing_even_when_the_hash_changes() {
         assert_eq!(s.status.unwrap().observed_generation, s.metadata.generation);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_with_start_after_is_created_once_its_peers_are_ready() {
+    let cluster = cluster("start-after").await;
+    // Groups take a while to become ready, so an early create would show.
+    cluster.sim.lws.set(kube_sim::lws_sim::LwsSimConfig {
+        group_delay: std::time::Duration::from_millis(400),
+        unready_fraction: 0.0,
+    });
+    let _operator = start_operator(&cluster);
+    let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
+    let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
+    let mut set = example("ordered", json!([]));
+    set.spec.roles[1].start_after = vec!["prefill".into()];
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    // When a revision's decode child first shows, that revision's prefill is ready
+    // (later steps may scale prefill up while decode exists).
+    let mut seen = std::collections::BTreeSet::new();
+    let mut check = |k: &[LeaderWorkerSet]| {
+        let label =
+            |c: &LeaderWorkerSet, key: &str| c.metadata.labels.as_ref().unwrap()[key].clone();
+        for decode in k.iter().filter(|c| label(c, keys::ROLE) == "decode") {
+            let rev = label(decode, keys::REVISION);
+            if !seen.insert(rev.clone()) {
+                continue;
+            }
+            let prefill = k
+                .iter()
+                .find(|c| label(c, keys::ROLE) == "prefill" && label(c, keys::REVISION) == rev)
+                .expect("prefill exists before decode");
+            let ready = prefill.status.as_ref().map_or(0, |s| s.ready_replicas);
+            assert!(
+                ready > 0 && ready == prefill.spec.replicas,
+                "decode {rev} created before prefill was ready"
+            );
+            let (p, d) = (
+                prefill.metadata.creation_timestamp.as_ref().unwrap().0,
+                decode.metadata.creation_timestamp.as_ref().unwrap().0,
+            );
+            assert!(d >= p, "creation times: prefill {p}, decode {d}");
+        }
+    };
+    let (s, _) = watch_until(&sets, &lws, "ordered", "Available", &mut check, |s, _| {
+        available(s)
+    })
+    .await;
+    let first = revision_of(&s);
+    // A rollout creates the new revision's roles in the same order.
+    set_image(&sets, "ordered", "vllm/vllm-openai:v0.12.0").await;
+    watch_until(&sets, &lws, "ordered", "rolled out", &mut check, |s, k| {
+        available(s) && revision_of(s) != first && revisions(k) == [revision_of(s)].into()
+    })
+    .await;
+}

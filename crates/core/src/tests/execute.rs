@@ -487,12 +487,12 @@ proptest! {
             slices: 1,
             abort: false,
             roles: names.iter().zip(&case).map(|(n, (old, _, b))| crate::execute::TargetRole {
-                name: n.clone(), replicas: *old, budget: *b }).collect(),
+                name: n.clone(), replicas: *old, budget: *b, start_after: vec![] }).collect(),
         };
         let new_target = crate::execute::Target {
             revision: "bbbbbbbb".into(),
             roles: names.iter().zip(&case).map(|(n, (_, new, b))| crate::execute::TargetRole {
-                name: n.clone(), replicas: *new, budget: *b }).collect(),
+                name: n.clone(), replicas: *new, budget: *b, start_after: vec![] }).collect(),
             ..old_target.clone()
         };
         let mut children = simulate::steady_children(&old_target, 0);

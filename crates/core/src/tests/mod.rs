@@ -25,6 +25,7 @@ pub fn target(revision: &str, roles: &[(&str, i32)]) -> Target {
                 name: n.to_string(),
                 replicas: *r,
                 budget: Budget::DEFAULT,
+                start_after: Vec::new(),
             })
             .collect(),
     }

@@ -189,7 +189,10 @@ fn upstreams_slice_0_children_from_before_slices_are_adopted() {
     assert_eq!(names, ["s-0-b-prefill"]);
 }
 
-fn case() -> impl Strategy<Value = (Vec<(i32, i32, i32, Budget)>, usize)> {
+/// Per role: replicas at A, at B, after the change; the budget.
+type RoleCase = (i32, i32, i32, Budget);
+
+fn case() -> impl Strategy<Value = (Vec<RoleCase>, usize)> {
     (
         prop::collection::vec(
             (1i32..10, 1i32..10, 0i32..12, 0i32..3, 0i32..3)
@@ -211,13 +214,13 @@ proptest! {
     #[test]
     fn replica_changes_mid_rollout_keep_the_bounds_and_finish((roles, passes) in case()) {
         let names: Vec<String> = (0..roles.len()).map(|i| format!("r{i}")).collect();
-        let with = |rev: &str, pick: &dyn Fn(&(i32, i32, i32, Budget)) -> i32| Target {
+        let with = |rev: &str, pick: &dyn Fn(&RoleCase) -> i32| Target {
             set_name: "s".into(),
             revision: rev.into(),
             slices: 1,
             abort: false,
             roles: names.iter().zip(&roles).map(|(n, r)| crate::execute::TargetRole {
-                name: n.clone(), replicas: pick(r), budget: r.3 }).collect(),
+                name: n.clone(), replicas: pick(r), budget: r.3, start_after: vec![] }).collect(),
         };
         let a = with("a", &|r| r.0);
         let b = with("b", &|r| r.1);
@@ -257,4 +260,53 @@ proptest! {
             prop_assert_eq!(counts(&children, "b", &r.name), (0, r.replicas));
         }
     }
+}
+
+#[test]
+fn a_role_that_starts_after_another_is_created_once_that_one_is_ready() {
+    let mut t = target("a", &[("prefill", 2), ("decode", 2), ("router", 1)]);
+    t.roles[1].start_after = vec!["prefill".into()];
+    t.roles[2].start_after = vec!["decode".into()];
+    let created = |children: &[Child]| -> Vec<String> {
+        decide(&t, children).slices[0]
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Create { role, .. } => Some(role.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(created(&[]), ["prefill"]);
+    let mut prefill = child("a", "prefill", 2, None, 1);
+    prefill.ready_replicas = 1;
+    assert_eq!(
+        created(std::slice::from_ref(&prefill)),
+        Vec::<String>::new(),
+        "not ready yet"
+    );
+    prefill.ready_replicas = 2;
+    assert_eq!(created(std::slice::from_ref(&prefill)), ["decode"]);
+    let decode = child("a", "decode", 2, None, 2);
+    assert_eq!(created(&[prefill.clone(), decode]), ["router"]);
+
+    // In a rollout the new revision starts in the same order.
+    let mut b = t.clone();
+    b.revision = "b".into();
+    let mut children = simulate::steady_children(&t, 0);
+    let mut order = Vec::new();
+    for pass in 0..100 {
+        let actions: Vec<Action> = decide(&b, &children).actions().cloned().collect();
+        if actions.is_empty() {
+            break;
+        }
+        for a in &actions {
+            if let Action::Create { role, .. } = a {
+                order.push(role.clone());
+            }
+        }
+        simulate::apply(&b, &mut children, &actions, pass + 1);
+    }
+    assert_eq!(order, ["prefill", "decode", "router"]);
+    assert_eq!(counts(&children, "b", "router"), (0, 1));
 }
