@@ -3,7 +3,7 @@
 # CI runs it and fails when the committed copies differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-plugins=(role-profile ratio-scaler rollout-gate)
+plugins=(role-profile ratio-scaler rollout-gate slo-gate load-scaler)
 args=()
 for p in "${plugins[@]}"; do args+=(-p "$p"); done
 cargo build --quiet --profile plugin --target wasm32-wasip2 "${args[@]}"

@@ -173,6 +173,7 @@ pub mod __private {
                 reason,
                 recheck_after_ms,
             }),
+            crate::GateDecision::Abort(reason) => wit::GateDecision::Abort(reason),
         })
     }
 

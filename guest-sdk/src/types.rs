@@ -129,6 +129,74 @@ pub struct RoleReplicas {
     pub ready: i32,
 }
 
+/// One labelled value of a signal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of one of its labels.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A signal the binding declared, as the operator evaluated it for this
+/// request: samples, or why there are none (decide safely on an error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signal {
+    pub name: String,
+    /// The role it was evaluated for, when its query names `{{role}}`.
+    pub role: Option<String>,
+    pub evaluated_at_ms: u64,
+    pub samples: Result<Vec<Sample>, String>,
+}
+
+impl Signal {
+    fn from_wit(s: wit::Signal) -> Self {
+        Signal {
+            name: s.name,
+            role: s.role,
+            evaluated_at_ms: s.evaluated_at_ms,
+            samples: s.samples.map(|list| {
+                list.into_iter()
+                    .map(|x| Sample {
+                        labels: x.labels,
+                        value: x.value,
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    /// The one value of a signal that yields one sample (a sum, a
+    /// quantile); an error when it is unavailable, empty, or has several.
+    pub fn value(&self) -> Result<f64, String> {
+        match &self.samples {
+            Err(why) => Err(format!("signal {} is unavailable: {why}", self.name)),
+            Ok(list) if list.is_empty() => Err(format!("signal {} has no samples", self.name)),
+            Ok(list) if list.len() > 1 => Err(format!(
+                "signal {} has {} samples; aggregate it to one in its query",
+                self.name,
+                list.len()
+            )),
+            Ok(list) => Ok(list[0].value),
+        }
+    }
+}
+
+/// The signal named `name` (for `role`, when given) among `signals`.
+fn find<'a>(signals: &'a [Signal], name: &str, role: Option<&str>) -> Option<&'a Signal> {
+    signals
+        .iter()
+        .find(|s| s.name == name && (role.is_none() || s.role.as_deref() == role))
+}
+
 /// Input of `scale-role`.
 #[derive(Clone, Debug)]
 pub struct ScaleRequest {
@@ -137,6 +205,12 @@ pub struct ScaleRequest {
     /// The role to advise on.
     pub role: String,
     pub config: Value,
+    /// The binding's signals, evaluated for this role.
+    pub signals: Vec<Signal>,
+    /// When the role's desired replicas last changed (ms since the epoch), if known.
+    pub last_scaled_ms: Option<u64>,
+    /// Milliseconds since the Unix epoch.
+    pub now_ms: u64,
 }
 
 impl ScaleRequest {
@@ -155,11 +229,19 @@ impl ScaleRequest {
                 .collect(),
             role: r.role,
             config: parse("config", &r.config)?,
+            signals: r.signals.into_iter().map(Signal::from_wit).collect(),
+            last_scaled_ms: r.last_scaled_ms,
+            now_ms: r.now_ms,
         })
     }
 
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, String> {
         config_as(&self.config)
+    }
+
+    /// The signal named `name`.
+    pub fn signal(&self, name: &str) -> Option<&Signal> {
+        find(&self.signals, name, None)
     }
 
     /// The named role's numbers.
@@ -195,6 +277,8 @@ pub struct GateRequest {
     pub labels: Vec<(String, String)>,
     pub annotations: Vec<(String, String)>,
     pub revision: String,
+    /// The revision it replaces (the oldest left in the slice).
+    pub old_revision: String,
     pub slice: u32,
     /// The schedule position of the step about to be taken (1-based).
     pub step: u32,
@@ -205,6 +289,8 @@ pub struct GateRequest {
     /// Milliseconds since the Unix epoch.
     pub now_ms: u64,
     pub config: Value,
+    /// The binding's signals, evaluated for this slice.
+    pub signals: Vec<Signal>,
 }
 
 impl GateRequest {
@@ -215,6 +301,7 @@ impl GateRequest {
             labels: r.labels,
             annotations: r.annotations,
             revision: r.revision,
+            old_revision: r.old_revision,
             slice: r.slice,
             step: r.step,
             total_steps: r.total_steps,
@@ -234,7 +321,13 @@ impl GateRequest {
             held_for_ms: r.held_for_ms,
             now_ms: r.now_ms,
             config: parse("config", &r.config)?,
+            signals: r.signals.into_iter().map(Signal::from_wit).collect(),
         })
+    }
+
+    /// The signal named `name` (for `role`, when the query names `{{role}}`).
+    pub fn signal(&self, name: &str, role: Option<&str>) -> Option<&Signal> {
+        find(&self.signals, name, role)
     }
 
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, String> {
@@ -258,6 +351,8 @@ pub enum GateDecision {
         reason: String,
         recheck_after_ms: u64,
     },
+    /// Roll back: the operator aborts the rollout with this reason.
+    Abort(String),
 }
 
 impl GateDecision {

@@ -9,10 +9,12 @@ use crate::core::bindings::{DefaultBinding, parse_defaults};
 pub const DEFAULT_PLUGINS: &str = r#"[{"name": "role-profile"}]"#;
 
 /// The shipped plugins' ConfigMaps, as `kubectl apply -k deploy/` creates them.
-pub const PLUGIN_CONFIGMAPS: [&str; 3] = [
+pub const PLUGIN_CONFIGMAPS: [&str; 5] = [
     include_str!("../../deploy/plugins/role-profile.yaml"),
     include_str!("../../deploy/plugins/ratio-scaler.yaml"),
     include_str!("../../deploy/plugins/rollout-gate.yaml"),
+    include_str!("../../deploy/plugins/slo-gate.yaml"),
+    include_str!("../../deploy/plugins/load-scaler.yaml"),
 ];
 
 /// The shipped plugins' ConfigMaps, parsed.

@@ -32,6 +32,10 @@ pub struct DevOptions {
     pub group_delay: Duration,
     /// Plugin bindings every set gets.
     pub default_plugins: Vec<crate::core::bindings::DefaultBinding>,
+    /// Where the operator evaluates signals.
+    pub prometheus: Option<controller::prometheus::PrometheusConfig>,
+    /// How often sets with signals are decided again.
+    pub signal_interval: Duration,
 }
 
 /// Runs until `shutdown` completes.
@@ -95,6 +99,8 @@ pub async fn run(
         default_plugins: options.default_plugins.clone(),
         limits: crate::plugin::Limits::default(),
         concurrency: controller::DEFAULT_CONCURRENCY,
+        prometheus: options.prometheus.clone(),
+        signal_interval: options.signal_interval,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(controller::run(config, operator, async {

@@ -277,6 +277,8 @@ async fn plan(
         scalers: &scalers,
         defaults: &defaults,
         plugins: &plugins,
+        signals: &crate::core::signals::NoSignals,
+        signal_interval: crate::controller::DEFAULT_SIGNAL_INTERVAL,
         now: k8s_openapi::jiff::Timestamp::now(),
     });
     let mut out = String::new();
@@ -324,6 +326,7 @@ async fn plan(
             Write::DeleteChild { name } => format!("delete LeaderWorkerSet {name}"),
             Write::CreateScaler(s) => format!("create DisaggregatedSetRoleScaler {}", s.name_any()),
             Write::DeleteScaler { name } => format!("delete DisaggregatedSetRoleScaler {name}"),
+            Write::AbortSet { reason, .. } => format!("abort the rollout {reason}"),
             Write::ScalerStatus { .. } => continue,
         };
         let _ = writeln!(out, "next write: {line}");

@@ -96,6 +96,44 @@ struct RunArgs {
     /// (a ConfigMap holds 1 MiB; raise this for large components in --plugin-dir).
     #[arg(long, env = "DISAGG_MAX_COMPONENT_MIB", default_value_t = 4)]
     max_component_mib: usize,
+    #[command(flatten)]
+    signals: SignalArgs,
+}
+
+/// Where plugins' signals (`spec.plugins[].signals`) are evaluated.
+#[derive(clap::Args)]
+struct SignalArgs {
+    /// Prometheus' base URL (e.g. http://prometheus.monitoring:9090); without it,
+    /// every signal is reported unavailable.
+    #[arg(long, env = "DISAGG_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// A file with a bearer token for Prometheus, read for every reconcile.
+    #[arg(long, env = "DISAGG_PROMETHEUS_BEARER_TOKEN_FILE")]
+    prometheus_bearer_token_file: Option<PathBuf>,
+    /// PEM certificates to trust for an https:// Prometheus.
+    #[arg(long, env = "DISAGG_PROMETHEUS_CA_FILE")]
+    prometheus_ca_file: Option<PathBuf>,
+    /// How long one query may take.
+    #[arg(long, env = "DISAGG_PROMETHEUS_TIMEOUT_MS", default_value_t = 2000)]
+    prometheus_timeout_ms: u64,
+    /// How often a set whose bindings declare signals is decided again.
+    #[arg(long, env = "DISAGG_SIGNAL_INTERVAL_SECONDS", default_value_t = 15)]
+    signal_interval_seconds: u64,
+}
+
+impl SignalArgs {
+    fn prometheus(&self) -> Option<disagg::controller::prometheus::PrometheusConfig> {
+        Some(disagg::controller::prometheus::PrometheusConfig {
+            url: self.prometheus_url.clone()?,
+            bearer_token_file: self.prometheus_bearer_token_file.clone(),
+            ca_file: self.prometheus_ca_file.clone(),
+            timeout: std::time::Duration::from_millis(self.prometheus_timeout_ms.max(1)),
+        })
+    }
+
+    fn interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.signal_interval_seconds.max(1))
+    }
 }
 
 #[derive(clap::Args)]
@@ -121,6 +159,8 @@ struct DevArgs {
     /// Plugin bindings every set gets (as for `disagg run`); the default is deploy/'s.
     #[arg(long, default_value = disagg::defaults::DEFAULT_PLUGINS)]
     default_plugins: String,
+    #[command(flatten)]
+    signals: SignalArgs,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +255,8 @@ fn run(args: RunArgs) -> ExitCode {
                 ..Limits::default()
             },
             concurrency: args.concurrency,
+            prometheus: args.signals.prometheus(),
+            signal_interval: args.signals.interval(),
         };
         disagg::controller::run(config, options, shutdown_signal()).await
     })
@@ -238,6 +280,8 @@ fn dev(args: DevArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        prometheus: args.signals.prometheus(),
+        signal_interval: args.signals.interval(),
     };
     block_on(disagg::dev::run(options, shutdown_signal()))
 }
@@ -580,7 +624,7 @@ fn plugin_check(file: &Path) -> Result<String, CliError> {
     let report = serde_json::json!({
         "name": p.info.name,
         "version": p.info.version,
-        "world": disagg::plugin::world(),
+        "world": p.world(),
         "hooks": hooks,
         "digest": p.digest,
         "sizeBytes": bytes.len(),

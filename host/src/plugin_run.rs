@@ -188,6 +188,9 @@ fn from_set(
                 })
                 .collect(),
             role: spec.name.clone(),
+            signals: Vec::new(),
+            last_scaled_ms: None,
+            now_ms: 0,
             config,
         }),
         Hook::Validate => json!(ValidateRequest {

@@ -60,6 +60,8 @@ pub fn offline(
         scalers: &[],
         defaults,
         plugins,
+        signals: &crate::core::signals::NoSignals,
+        signal_interval: crate::controller::DEFAULT_SIGNAL_INTERVAL,
         now: k8s_openapi::jiff::Timestamp::now(),
     })
 }

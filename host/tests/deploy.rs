@@ -189,7 +189,13 @@ fn the_manifests_match_the_kubernetes_schemas_and_our_policies() {
 fn the_plugin_configmaps_hold_the_default_plugins_as_built_from_plugins() {
     use disagg::plugin::{Limits, Runtime};
     let rt = Runtime::new(Limits::default()).unwrap();
-    for name in ["role-profile", "ratio-scaler", "rollout-gate"] {
+    for name in [
+        "role-profile",
+        "ratio-scaler",
+        "rollout-gate",
+        "slo-gate",
+        "load-scaler",
+    ] {
         let file = repo(&format!("deploy/plugins/{name}.yaml"));
         let cm: k8s_openapi::api::core::v1::ConfigMap =
             serde_yaml_ng::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();

@@ -173,6 +173,27 @@ pub struct PluginBinding {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
     pub digest: Option<String>,
+    /// Live metrics the plugin decides on: PromQL queries the operator
+    /// evaluates against its Prometheus and passes in gate and scale
+    /// requests (contract 0.2.0). `{{set}}`, `{{namespace}}`, `{{slice}}`,
+    /// `{{role}}`, `{{revision}}` and `{{oldRevision}}` are replaced with
+    /// the values of the request; a query naming `{{role}}` is evaluated once
+    /// per role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub signals: Vec<SignalQuery>,
+}
+
+/// A named PromQL query (`spec.plugins[].signals[]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalQuery {
+    /// The name the plugin knows it by.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// PromQL, with placeholders.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -234,6 +255,12 @@ pub struct RoleStatus {
     /// Groups of this role at the target revision.
     #[serde(default)]
     pub updated_replicas: i32,
+    /// The role's target replicas per slice (after scaling hooks) (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// When `desiredReplicas` last changed (extension): scaling plugins' cool-down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

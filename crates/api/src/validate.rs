@@ -304,6 +304,78 @@ pub fn is_dns1035_label(s: &str) -> bool {
 /// Checks a list of plugin bindings: a set's `spec.plugins` (with its role
 /// names) or the operator's default bindings (`roles` unchecked: a default
 /// naming a role a set lacks simply does not apply to it).
+/// The placeholders a signal query may use (`crate::set::SignalQuery`).
+pub const SIGNAL_PLACEHOLDERS: [&str; 6] = [
+    "set",
+    "namespace",
+    "slice",
+    "role",
+    "revision",
+    "oldRevision",
+];
+
+/// Signal names unique and DNS-label-like, queries non-empty, at most 4 KiB,
+/// and naming only known placeholders.
+fn signal_queries(signals: &[crate::set::SignalQuery], at: &str) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if signals.len() > 16 {
+        out.push(violation(
+            at,
+            format!("at most 16 signals, has {}", signals.len()),
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for (i, s) in signals.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        if !is_dns1123_label(&s.name) {
+            out.push(violation(
+                format!("{at}.name"),
+                format!(
+                    "{:?} must be a DNS label (lowercase letters, digits, '-')",
+                    s.name
+                ),
+            ));
+        }
+        if !names.insert(s.name.as_str()) {
+            out.push(violation(
+                format!("{at}.name"),
+                format!("signal {:?} is declared twice", s.name),
+            ));
+        }
+        if s.query.trim().is_empty() || s.query.len() > 4096 {
+            out.push(violation(
+                format!("{at}.query"),
+                "must be 1 to 4096 bytes of PromQL",
+            ));
+        }
+        let mut rest = s.query.as_str();
+        while let Some(start) = rest.find("{{") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else {
+                out.push(violation(
+                    format!("{at}.query"),
+                    "an unclosed {{ placeholder",
+                ));
+                break;
+            };
+            let name = after[..end].trim();
+            if !SIGNAL_PLACEHOLDERS.contains(&name) {
+                out.push(violation(
+                    format!("{at}.query"),
+                    format!(
+                        "unknown placeholder {{{{{name}}}}}; known: {}",
+                        SIGNAL_PLACEHOLDERS
+                            .map(|p| format!("{{{{{p}}}}}"))
+                            .join(", ")
+                    ),
+                ));
+            }
+            rest = &after[end + 2..];
+        }
+    }
+    out
+}
+
 pub fn plugin_bindings(
     bindings: &[PluginBinding],
     at: &str,
@@ -338,6 +410,7 @@ pub fn plugin_bindings(
                 }
             }
         }
+        out.extend(signal_queries(&binding.signals, &format!("{at}.signals")));
         if let Some(d) = &binding.digest
             && !is_sha256_digest(d)
         {

@@ -25,6 +25,7 @@ pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod plugins;
+pub mod prometheus;
 pub mod reconcile;
 
 use disagg_api::keys;
@@ -46,6 +47,8 @@ use std::time::Duration;
 
 /// How many sets are reconciled at once unless `--concurrency` says otherwise.
 pub const DEFAULT_CONCURRENCY: u16 = 16;
+/// How often a set whose bindings declare signals is decided again, by default.
+pub const DEFAULT_SIGNAL_INTERVAL: Duration = Duration::from_secs(15);
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "disaggregatedset-operator";
@@ -88,6 +91,10 @@ pub struct Context {
     /// Children and scalers as the watches show them, and the operator's
     /// writes they have not shown yet.
     pub caches: cache::Caches,
+    /// Evaluates plugins' signals, when configured.
+    pub prometheus: Option<Arc<prometheus::Prometheus>>,
+    /// How often a set whose bindings declare signals is decided again.
+    pub signal_interval: Duration,
 }
 
 impl Context {
@@ -148,6 +155,10 @@ pub struct Options {
     /// How many sets are reconciled at once (each runs its plugin calls on a
     /// thread of its own, so this also bounds concurrent plugin calls).
     pub concurrency: u16,
+    /// Where plugins' signals are evaluated (none: every signal says so).
+    pub prometheus: Option<prometheus::PrometheusConfig>,
+    /// How often a set whose bindings declare signals is decided again.
+    pub signal_interval: Duration,
 }
 
 /// A client for `config` whose every request is counted in the operator's
@@ -251,7 +262,16 @@ pub async fn run(
     let (children, child_events) = owned(&client, cache::slim_child);
     let (scalers, scaler_events) = owned(&client, cache::slim);
 
+    let prometheus = match options.prometheus {
+        Some(config) => Some(Arc::new(prometheus::Prometheus::new(
+            config,
+            metrics.clone(),
+        )?)),
+        None => None,
+    };
     let ctx = Arc::new(Context {
+        prometheus,
+        signal_interval: options.signal_interval,
         client: client.clone(),
         plugins: registry,
         recorder,

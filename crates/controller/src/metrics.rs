@@ -52,6 +52,7 @@ pub struct Metrics {
     plugin_calls: Family<PluginCall, Histogram, fn() -> Histogram>,
     api_requests: Family<ApiRequest, Counter>,
     in_flight: Gauge,
+    signals: Family<Outcome, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -108,8 +109,17 @@ impl Default for Metrics {
             "Reconciles running now (at most --concurrency)",
             in_flight.clone(),
         );
+        let signals = Family::<Outcome, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        registry.register(
+            "signal_query_duration_seconds",
+            "Prometheus queries for plugins' signals, by result (ok, error)",
+            signals.clone(),
+        );
         Metrics {
             registry,
+            signals,
             api_requests,
             in_flight,
             reconciles,
@@ -123,6 +133,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// One Prometheus query for a signal.
+    pub fn signal_evaluated(&self, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.signals
+            .get_or_create(&Outcome { result })
+            .observe(took.as_secs_f64());
+    }
+
     /// A reconcile that did not decide, because the stores had not shown
     /// the set's last writes yet (`cache`).
     pub fn deferred(&self) {

@@ -67,12 +67,19 @@ async fn reconcile_inner(
     let mut plan = {
         let (set, ctx) = (set.clone(), ctx.clone());
         tokio::task::spawn_blocking(move || {
+            let session = ctx.prometheus.as_ref().map(|p| p.session());
+            let signals: &dyn disagg_core::signals::Signals = match &session {
+                Some(s) => s,
+                None => &disagg_core::signals::NoSignals,
+            };
             decide::decide(&Observed {
                 set: &set,
                 children: &children,
                 scalers: &scalers,
                 defaults: &ctx.default_plugins,
                 plugins: ctx.plugins.as_ref(),
+                signals,
+                signal_interval: ctx.signal_interval,
                 now: k8s_openapi::jiff::Timestamp::now(),
             })
         })

@@ -8,6 +8,7 @@ use crate::plugins::{
     ScaleRequest, ValidateRequest, Violation,
 };
 use crate::revision::TemplatePlugin;
+use crate::signals::{Evaluator, Vars};
 use disagg_api::lws::LeaderWorkerSet;
 use disagg_api::set::{DisaggregatedSet, FailurePolicy, PluginBinding};
 use std::collections::BTreeMap;
@@ -275,6 +276,7 @@ pub fn scale(
     bound: &[Bound],
     desired: &mut BTreeMap<String, i32>,
     observed: &BTreeMap<String, (i32, i32)>,
+    context: &ScaleContext<'_>,
 ) -> Vec<Failure> {
     let mut failures = Vec::new();
     for b in bound
@@ -303,6 +305,14 @@ pub fn scale(
                     .collect(),
                 role: role.name.clone(),
                 config: b.config_json(),
+                signals: context.evaluator.evaluate(
+                    &b.binding.name,
+                    &b.binding.signals,
+                    &context.vars,
+                    &[&role.name],
+                ),
+                last_scaled_ms: context.last_scaled_ms.get(&role.name).copied(),
+                now_ms: context.now_ms,
             };
             match b.plugin.scale_role(&input) {
                 Ok(Some(advice)) => {
@@ -319,6 +329,28 @@ pub fn scale(
         }
     }
     failures
+}
+
+/// What scale requests carry beyond the set: signals, the clock, and when each
+/// role's desired replicas last changed.
+pub struct ScaleContext<'a> {
+    pub evaluator: &'a Evaluator<'a>,
+    pub vars: Vars<'a>,
+    pub now_ms: u64,
+    pub last_scaled_ms: BTreeMap<String, u64>,
+}
+
+/// What the gates decided about a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GateOutcome {
+    /// The named gate holds, for a reason, asking again after so many ms.
+    Hold {
+        gate: String,
+        reason: String,
+        recheck_ms: u64,
+    },
+    /// The named gate asks for the rollout to be aborted.
+    Abort { gate: String, reason: String },
 }
 
 /// Applies every `patch-role` bound to the child's role, in order.
@@ -367,7 +399,19 @@ pub fn patch(
 
 /// Asks every gate in order; the first hold wins. A failing gate under Fail holds
 /// (the step is not taken); under Ignore it is skipped.
-pub fn gate(bound: &[Bound], input: &GateRequest) -> (Option<(String, String, u64)>, Vec<Failure>) {
+pub fn gate(
+    bound: &[Bound],
+    input: &GateRequest,
+    evaluator: &Evaluator<'_>,
+) -> (Option<GateOutcome>, Vec<Failure>) {
+    let vars = Vars {
+        set: &input.set_name,
+        namespace: &input.namespace,
+        slice: i32::try_from(input.slice).unwrap_or(0),
+        revision: &input.revision,
+        old_revision: &input.old_revision,
+    };
+    let roles: Vec<&str> = input.roles.iter().map(|r| r.name.as_str()).collect();
     let mut failures = Vec::new();
     let changing = input
         .roles
@@ -380,25 +424,37 @@ pub fn gate(bound: &[Bound], input: &GateRequest) -> (Option<(String, String, u6
     }) {
         let input = GateRequest {
             config: b.config_json(),
+            signals: evaluator.evaluate(&b.binding.name, &b.binding.signals, &vars, &roles),
             ..input.clone()
         };
+        let gate = b.binding.name.clone();
         match b.plugin.gate_step(&input) {
             Ok(GateDecision::Proceed) => {}
             Ok(GateDecision::Hold {
                 reason,
                 recheck_after_ms,
             }) => {
-                return (
-                    Some((b.binding.name.clone(), reason, recheck_after_ms)),
-                    failures,
-                );
+                let hold = GateOutcome::Hold {
+                    gate,
+                    reason,
+                    recheck_ms: recheck_after_ms,
+                };
+                return (Some(hold), failures);
+            }
+            Ok(GateDecision::Abort { reason }) => {
+                return (Some(GateOutcome::Abort { gate, reason }), failures);
             }
             Err(e) => {
                 let failure = Failure::new(&b.binding, Hook::GateStep, None, &e);
                 if failure.blocks() {
                     let reason = failure.message.clone();
                     failures.push(failure);
-                    return (Some((b.binding.name.clone(), reason, 30_000)), failures);
+                    let hold = GateOutcome::Hold {
+                        gate,
+                        reason,
+                        recheck_ms: 30_000,
+                    };
+                    return (Some(hold), failures);
                 }
                 failures.push(failure);
             }
@@ -418,6 +474,7 @@ mod tests {
             roles: roles.map(|r| r.iter().map(|s| s.to_string()).collect()),
             failure_policy: FailurePolicy::Fail,
             digest: None,
+            signals: Vec::new(),
         }
     }
 

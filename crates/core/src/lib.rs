@@ -23,6 +23,7 @@ pub mod plan;
 pub mod plugins;
 pub mod render;
 pub mod revision;
+pub mod signals;
 pub mod simulate;
 pub mod status;
 pub mod text;

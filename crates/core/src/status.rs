@@ -15,6 +15,8 @@ pub mod conditions {
     /// Present (True) while an abort applies to the set.
     pub const ROLLOUT_ABORTED: &str = "RolloutAborted";
     pub const PLUGINS_READY: &str = "PluginsReady";
+    /// On sets whose bindings declare signals: whether each was evaluated.
+    pub const SIGNALS_READY: &str = "SignalsReady";
     pub const VALID: &str = "Valid";
     /// Present (True) while the API server refuses writes to the set's children.
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
@@ -202,8 +204,17 @@ fn role_statuses(o: &Observation<'_>) -> Vec<RoleStatus> {
                 .children
                 .iter()
                 .filter(|c| c.owned && c.role == r.name && c.slice < o.target.slices);
+            let before = o
+                .previous
+                .and_then(|p| p.role_statuses.iter().find(|s| s.name == r.name));
+            let last_scale_time = match before {
+                Some(b) if b.desired_replicas == Some(r.replicas) => b.last_scale_time.clone(),
+                _ => Some(o.now.clone()),
+            };
             RoleStatus {
                 name: r.name.clone(),
+                desired_replicas: Some(r.replicas),
+                last_scale_time,
                 replicas: of_role.clone().map(|c| c.status_replicas).sum(),
                 ready_replicas: of_role.clone().map(|c| c.ready_replicas).sum(),
                 updated_replicas: of_role

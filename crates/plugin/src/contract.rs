@@ -4,7 +4,10 @@
 //! sizes, truncated messages). Nothing outside this module sees a WIT type.
 //!
 //! The contract's version is written once, in the WIT file's `package` line;
-//! [`contract_version`] reads it from the same file bindgen does.
+//! [`contract_version`] reads it from the same file bindgen does. The host
+//! also serves the frozen 0.1.0 contract (`wit/0.1.0/`): a component built
+//! for it is called through its own bindings, with requests and answers
+//! mapped to and from the current ones (it gets no signals and cannot abort).
 
 use crate::runtime::LoadedPlugin;
 use crate::sandbox::State;
@@ -20,7 +23,7 @@ mod wit_world {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "plugin",
-        additional_derives: [PartialEq, Eq],
+        additional_derives: [PartialEq],
         // Hooks run as async calls so that a call blocked inside a host
         // function (a WASI sleep or poll) can be abandoned at its deadline;
         // the epoch deadline only interrupts Wasm code.
@@ -28,8 +31,59 @@ mod wit_world {
     });
 }
 
+/// The 0.1.0 contract, frozen: components built for it keep loading.
+mod wit_v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/0.1.0",
+        world: "plugin",
+        additional_derives: [PartialEq, Eq],
+        exports: { default: async },
+    });
+}
+
+use wit_v0_1::disaggregatedset::plugin::types as wit_old;
 use wit_world::disaggregatedset::plugin::types as wit;
-pub(crate) use wit_world::{Plugin as World, PluginPre};
+
+/// Every contract version this host serves, newest first: the current one
+/// (`contract_version`, a test keeps them equal) and the frozen 0.1.0.
+pub const SERVED: [&str; 2] = ["0.2.0", "0.1.0"];
+
+/// A component pre-linked for the contract version it exports.
+pub(crate) enum Pre {
+    Current(wit_world::PluginPre<State>),
+    V0_1(wit_v0_1::PluginPre<State>),
+}
+
+impl Pre {
+    /// The contract version the component was built for.
+    pub(crate) fn version(&self) -> &'static str {
+        match self {
+            Pre::Current(_) => SERVED[0],
+            Pre::V0_1(_) => SERVED[1],
+        }
+    }
+}
+
+/// Adds the `host` interface of every served version to a linker.
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<State>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    wit_world::Plugin::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    wit_v0_1::Plugin::add_to_linker::<State, HasSelf<State>>(linker, |s| s)
+}
+
+/// Pre-links a component for `version` (from [`check_version`]).
+pub(crate) fn pre(
+    version: &str,
+    instance: wasmtime::component::InstancePre<State>,
+) -> wasmtime::Result<Pre> {
+    Ok(if version == SERVED[1] {
+        Pre::V0_1(wit_v0_1::PluginPre::new(instance)?)
+    } else {
+        Pre::Current(wit_world::PluginPre::new(instance)?)
+    })
+}
 
 /// The contract file bindgen reads.
 const WIT: &str = include_str!("../../../wit/plugin.wit");
@@ -54,27 +108,32 @@ pub fn world() -> String {
     format!("{PACKAGE}/plugin@{}", contract_version())
 }
 
-/// Refuses a component that does not export the hooks at a version we serve.
+/// The contract version a component exports its hooks at, or why it cannot be served.
 pub(crate) fn check_version(
     engine: &wasmtime::Engine,
     name: &str,
     component: &Component,
-) -> Result<(), PluginError> {
+) -> Result<&'static str, PluginError> {
     let exports: Vec<String> = component
         .component_type()
         .exports(engine)
         .map(|(n, _)| n.to_string())
         .collect();
     let wanted = hooks_export();
-    if exports.contains(&wanted) {
-        return Ok(());
+    for version in SERVED {
+        if exports.contains(&format!("{PACKAGE}/hooks@{version}")) {
+            return Ok(version);
+        }
     }
     let prefix = format!("{PACKAGE}/hooks");
     if let Some(other) = exports.iter().find(|e| e.starts_with(&prefix)) {
         return Err(PluginError::IncompatibleVersion {
             plugin: name.to_string(),
             found: other.clone(),
-            supported: vec![wanted],
+            supported: SERVED
+                .iter()
+                .map(|v| format!("{PACKAGE}/hooks@{v}"))
+                .collect(),
         });
     }
     Err(PluginError::InvalidComponent {
@@ -91,6 +150,21 @@ pub(crate) fn check_version(
 }
 
 impl wit::Host for State {}
+impl wit_old::Host for State {}
+
+impl wit_v0_1::disaggregatedset::plugin::host::Host for State {
+    fn log(&mut self, level: wit_old::Level, message: String) {
+        use wit_world::disaggregatedset::plugin::host::Host;
+        let level = match level {
+            wit_old::Level::Trace => wit::Level::Trace,
+            wit_old::Level::Debug => wit::Level::Debug,
+            wit_old::Level::Info => wit::Level::Info,
+            wit_old::Level::Warn => wit::Level::Warn,
+            wit_old::Level::Error => wit::Level::Error,
+        };
+        Host::log(self, level, message)
+    }
+}
 
 impl wit_world::disaggregatedset::plugin::host::Host for State {
     fn log(&mut self, level: wit::Level, message: String) {
@@ -124,8 +198,26 @@ pub(crate) enum Response {
     Validate(Vec<wit::Violation>),
 }
 
+/// Instantiates the component and makes one call, in its contract version.
 pub(crate) async fn invoke(
-    plugin: &World,
+    pre: &Pre,
+    store: &mut Store<State>,
+    request: &Request,
+) -> wasmtime::Result<Response> {
+    match pre {
+        Pre::Current(pre) => {
+            let plugin = pre.instantiate_async(&mut *store).await?;
+            invoke_current(&plugin, store, request).await
+        }
+        Pre::V0_1(pre) => {
+            let plugin = pre.instantiate_async(&mut *store).await?;
+            v0_1::invoke(&plugin, store, request).await
+        }
+    }
+}
+
+async fn invoke_current(
+    plugin: &wit_world::Plugin,
     store: &mut Store<State>,
     request: &Request,
 ) -> wasmtime::Result<Response> {
@@ -155,6 +247,132 @@ fn hook(h: wit::Hook) -> Hook {
     }
 }
 
+/// Calls into a 0.1.0 component: the same requests less what 0.1.0 lacks,
+/// its answers as the current contract's.
+mod v0_1 {
+    use super::{Request, Response, State, hook, wit, wit_old, wit_v0_1};
+    use disagg_core::plugins::{Hook, PluginInfo};
+    use wasmtime::Store;
+
+    pub(super) async fn invoke(
+        plugin: &wit_v0_1::Plugin,
+        store: &mut Store<State>,
+        request: &Request,
+    ) -> wasmtime::Result<Response> {
+        let hooks = plugin.disaggregatedset_plugin_hooks();
+        Ok(match request {
+            Request::Describe => {
+                let info = hooks.call_describe(store).await?;
+                Response::Describe(PluginInfo {
+                    name: info.name,
+                    version: info.version,
+                    hooks: info.hooks.into_iter().map(old_hook).collect(),
+                })
+            }
+            Request::PatchRole(r) => {
+                let r = wit_old::PatchRequest {
+                    set: r.set.clone(),
+                    role: r.role.clone(),
+                    slice: r.slice,
+                    revision: r.revision.clone(),
+                    lws: r.lws.clone(),
+                    config: r.config.clone(),
+                };
+                let out = hooks.call_patch_role(store, &r).await?;
+                Response::PatchRole(out.map(|p| match p {
+                    wit_old::Patch::None => wit::Patch::None,
+                    wit_old::Patch::Merge(t) => wit::Patch::Merge(t),
+                    wit_old::Patch::JsonPatch(t) => wit::Patch::JsonPatch(t),
+                }))
+            }
+            Request::ScaleRole(r) => {
+                let r = wit_old::ScaleRequest {
+                    set: r.set.clone(),
+                    roles: r
+                        .roles
+                        .iter()
+                        .map(|x| wit_old::RoleReplicas {
+                            name: x.name.clone(),
+                            desired: x.desired,
+                            observed: x.observed,
+                            ready: x.ready,
+                        })
+                        .collect(),
+                    role: r.role.clone(),
+                    config: r.config.clone(),
+                };
+                let out = hooks.call_scale_role(store, &r).await?;
+                Response::ScaleRole(out.map(|a| {
+                    a.map(|a| wit::ScaleAdvice {
+                        replicas: a.replicas,
+                        reason: a.reason,
+                    })
+                }))
+            }
+            Request::GateStep(r) => {
+                let r = wit_old::GateRequest {
+                    set_name: r.set_name.clone(),
+                    namespace: r.namespace.clone(),
+                    labels: r.labels.clone(),
+                    annotations: r.annotations.clone(),
+                    revision: r.revision.clone(),
+                    slice: r.slice,
+                    step: r.step,
+                    total_steps: r.total_steps,
+                    roles: r
+                        .roles
+                        .iter()
+                        .map(|x| wit_old::RoleStep {
+                            name: x.name.clone(),
+                            old_now: x.old_now,
+                            old_next: x.old_next,
+                            new_now: x.new_now,
+                            new_next: x.new_next,
+                            target: x.target,
+                            ready: x.ready,
+                        })
+                        .collect(),
+                    held_for_ms: r.held_for_ms,
+                    now_ms: r.now_ms,
+                    config: r.config.clone(),
+                };
+                let out = hooks.call_gate_step(store, &r).await?;
+                Response::GateStep(out.map(|d| match d {
+                    wit_old::GateDecision::Proceed => wit::GateDecision::Proceed,
+                    wit_old::GateDecision::Hold(h) => wit::GateDecision::Hold(wit::Hold {
+                        reason: h.reason,
+                        recheck_after_ms: h.recheck_after_ms,
+                    }),
+                }))
+            }
+            Request::Validate(r) => {
+                let r = wit_old::ValidateRequest {
+                    set: r.set.clone(),
+                    config: r.config.clone(),
+                };
+                let out = hooks.call_validate(store, &r).await?;
+                Response::Validate(
+                    out.into_iter()
+                        .map(|v| wit::Violation {
+                            field: v.field,
+                            message: v.message,
+                        })
+                        .collect(),
+                )
+            }
+        })
+    }
+
+    fn old_hook(h: wit_old::Hook) -> Hook {
+        hook(match h {
+            wit_old::Hook::PatchRole => wit::Hook::PatchRole,
+            wit_old::Hook::ScaleRole => wit::Hook::ScaleRole,
+            wit_old::Hook::GateStep => wit::Hook::GateStep,
+            wit_old::Hook::Validate => wit::Hook::Validate,
+        })
+    }
+}
+
 fn patch_request(r: &PatchRequest) -> wit::PatchRequest {
     wit::PatchRequest {
         set: r.set.clone(),
@@ -181,6 +399,28 @@ fn scale_request(r: &ScaleRequest) -> wit::ScaleRequest {
             .collect(),
         role: r.role.clone(),
         config: r.config.clone(),
+        signals: r.signals.iter().map(signal).collect(),
+        last_scaled_ms: r.last_scaled_ms,
+        now_ms: r.now_ms,
+    }
+}
+
+fn signal(s: &disagg_core::plugins::Signal) -> wit::Signal {
+    wit::Signal {
+        name: s.name.clone(),
+        role: s.role.clone(),
+        evaluated_at_ms: s.evaluated_at_ms,
+        samples: match &s.error {
+            Some(why) => Err(why.clone()),
+            None => Ok(s
+                .samples
+                .iter()
+                .map(|x| wit::Sample {
+                    labels: x.labels.clone(),
+                    value: x.value,
+                })
+                .collect()),
+        },
     }
 }
 
@@ -191,6 +431,7 @@ fn gate_request(r: &GateRequest) -> wit::GateRequest {
         labels: r.labels.clone(),
         annotations: r.annotations.clone(),
         revision: r.revision.clone(),
+        old_revision: r.old_revision.clone(),
         slice: r.slice,
         step: r.step,
         total_steps: r.total_steps,
@@ -210,6 +451,7 @@ fn gate_request(r: &GateRequest) -> wit::GateRequest {
         held_for_ms: r.held_for_ms,
         now_ms: r.now_ms,
         config: r.config.clone(),
+        signals: r.signals.iter().map(signal).collect(),
     }
 }
 
@@ -332,6 +574,9 @@ impl Plugin for LoadedPlugin {
                     reason: truncate(&h.reason, MAX_MESSAGE_BYTES),
                     recheck_after_ms: h.recheck_after_ms,
                 },
+                wit::GateDecision::Abort(reason) => GateDecision::Abort {
+                    reason: truncate(&reason, MAX_MESSAGE_BYTES),
+                },
             })
         })
     }
@@ -364,5 +609,15 @@ impl Plugin for LoadedPlugin {
             }
             Ok(list)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_newest_served_version_is_the_wit_files() {
+        assert_eq!(super::SERVED[0], super::contract_version());
+        let frozen = include_str!("../../../wit/0.1.0/plugin.wit");
+        assert!(frozen.contains("package disaggregatedset:plugin@0.1.0;"));
     }
 }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 impl Drop for LoadedPlugin {
@@ -33,9 +33,21 @@ pub struct LoadedPlugin {
     pub info: PluginInfo,
     pub size_bytes: usize,
     pub compile_time: Duration,
-    pub(crate) pre: contract::PluginPre<State>,
+    pub(crate) pre: contract::Pre,
     /// Every call runs on this runtime's engine, within its limits.
     pub(crate) runtime: Arc<Runtime>,
+}
+
+impl LoadedPlugin {
+    /// The contract version the component was built for (`0.2.0`, `0.1.0`).
+    pub fn contract(&self) -> &'static str {
+        self.pre.version()
+    }
+
+    /// The world it targets: `disaggregatedset:plugin/plugin@<contract>`.
+    pub fn world(&self) -> String {
+        format!("disaggregatedset:plugin/plugin@{}", self.contract())
+    }
 }
 
 /// The plugin runtime: one engine, a linker that provides only `host` and
@@ -115,8 +127,7 @@ impl Runtime {
             Engine::new(&config).map_err(|e| format!("cannot start the Wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
-        contract::World::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .map_err(|e| e.to_string())?;
+        contract::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
         let executor = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("plugin-timer")
@@ -166,14 +177,14 @@ impl Runtime {
         let started = Instant::now();
         let component = self.compile(name, bytes.clone())?;
         let compile_time = started.elapsed();
-        contract::check_version(&self.engine, name, &component)?;
+        let version = contract::check_version(&self.engine, name, &component)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
                 "imports something this host does not provide: {}",
                 root_cause(&e)
             ))
         })?;
-        let pre = contract::PluginPre::new(instance_pre).map_err(|e| {
+        let pre = contract::pre(version, instance_pre).map_err(|e| {
             invalid(format!(
                 "does not match the plugin world: {}",
                 root_cause(&e)

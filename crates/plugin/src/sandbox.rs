@@ -158,10 +158,7 @@ impl Runtime {
         // The wall-clock bound: what the epoch cannot interrupt (a guest
         // waiting in poll, sleep or a read) is dropped here, instance and all.
         let wall = limits.deadline + 2 * EPOCH_TICK;
-        let run = async {
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
-            invoke(&instance, &mut store, request).await
-        };
+        let run = async { invoke(&plugin.pre, &mut store, request).await };
         let outcome = poll_until(run, Instant::now() + wall);
         self.last_memory.store(
             store.data().limiter.used,

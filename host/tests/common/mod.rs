@@ -21,6 +21,8 @@ pub const GUESTS: &[&str] = &[
     "role-profile",
     "ratio-scaler",
     "rollout-gate",
+    "slo-gate",
+    "load-scaler",
     "rust-gate",
     "hostile",
     "wrong-version",
@@ -112,8 +114,9 @@ pub async fn install_crds(client: &kube::Client) {
 
 /// A component made by hand from a core module in WAT, for what no guest
 /// toolchain writes by itself: several memories, a huge function. It
-/// implements the contract's ABI directly; `patch-role` runs `patch_body`,
-/// then answers `ok(none)`.
+/// implements the 0.1.0 contract's ABI directly (so it also exercises the
+/// host's serving of 0.1.0); `patch-role` runs `patch_body`, then answers
+/// `ok(none)`.
 pub fn handmade_component(extra_memory: bool, patch_body: &str, extra_funcs: &str) -> Vec<u8> {
     let second = if extra_memory { "(memory $m1 1)" } else { "" };
     let module = format!(
@@ -152,7 +155,7 @@ pub fn handmade_component(extra_memory: bool, patch_body: &str, extra_funcs: &st
     );
     let mut core = wat::parse_str(&module).unwrap();
     let mut resolve = wit_parser::Resolve::default();
-    let (pkg, _) = resolve.push_dir(repo("wit")).unwrap();
+    let (pkg, _) = resolve.push_dir(repo("wit/0.1.0")).unwrap();
     let world = resolve.select_world(&[pkg], Some("plugin")).unwrap();
     wit_component::embed_component_metadata(
         &mut core,
@@ -195,6 +198,7 @@ pub fn gate_request(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         revision: "abcd1234".into(),
+        old_revision: "0ld0ld00".into(),
         slice: 0,
         step: 2,
         total_steps: 4,
@@ -210,5 +214,6 @@ pub fn gate_request(
         held_for_ms: 0,
         now_ms: 0,
         config: config.to_string(),
+        signals: vec![],
     }
 }

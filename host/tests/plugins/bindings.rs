@@ -13,7 +13,7 @@ fn cli_plugin_check_reports_the_component() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["name"], "rollout-gate");
-    assert_eq!(v["world"], "disaggregatedset:plugin/plugin@0.1.0");
+    assert_eq!(v["world"], "disaggregatedset:plugin/plugin@0.2.0");
     assert_eq!(v["hooks"], json!(["gate-step"]));
     assert_eq!(v["sizeBytes"], read(&path).len());
     assert!(v["compileMillis"].as_f64().unwrap() > 0.0);
@@ -105,7 +105,8 @@ fn cli_render_applies_the_sets_plugin_bindings() {
 #[test]
 fn gates_in_binding_order_with_failure_policies() {
     use disagg::api::set::{FailurePolicy, PluginBinding};
-    use disagg::core::bindings::{Bound, gate};
+    use disagg::core::bindings::{Bound, GateOutcome, gate};
+    let signals = disagg::core::signals::Evaluator::new(&disagg::core::signals::NoSignals);
     let rt = runtime();
     let bind = |name: &str, plugin: &str, policy: FailurePolicy, config: Value| Bound {
         binding: PluginBinding {
@@ -114,6 +115,7 @@ fn gates_in_binding_order_with_failure_policies() {
             roles: None,
             failure_policy: policy,
             digest: None,
+            signals: Vec::new(),
         },
         plugin: load(&rt, plugin),
     };
@@ -136,8 +138,13 @@ fn gates_in_binding_order_with_failure_policies() {
     };
 
     // Ignore: the failing gate is skipped (and reported), the next gate decides.
-    let (held, failures) = gate(&[looping(), approval()], &input);
-    let (by, reason, _) = held.unwrap();
+    let (held, failures) = gate(&[looping(), approval()], &input, &signals);
+    let Some(GateOutcome::Hold {
+        gate: by, reason, ..
+    }) = held
+    else {
+        panic!("held: {held:?}")
+    };
     assert_eq!(by, "approval");
     assert!(reason.contains("waiting for approval"), "{reason}");
     assert_eq!(
@@ -153,13 +160,13 @@ fn gates_in_binding_order_with_failure_policies() {
         },
         ..looping()
     };
-    let (held, failures) = gate(&[strict, approval()], &input);
-    assert_eq!(held.unwrap().0, "looper");
+    let (held, failures) = gate(&[strict, approval()], &input, &signals);
+    assert!(matches!(held, Some(GateOutcome::Hold { gate, .. }) if gate == "looper"));
     assert!(failures[0].blocks());
 
     // Every gate proceeds: no hold, no failures.
     let open = bind("open", "rollout-gate", FailurePolicy::Fail, json!({}));
-    assert_eq!(gate(&[open], &input), (None, vec![]));
+    assert_eq!(gate(&[open], &input, &signals), (None, vec![]));
 }
 
 #[test]

@@ -90,6 +90,9 @@ fn scale(
         ],
         role: role.into(),
         config: config.to_string(),
+        signals: vec![],
+        last_scaled_ms: None,
+        now_ms: 0,
     };
     p.scale_role(&input).map(|a| a.map(|a| a.replicas))
 }

@@ -92,10 +92,13 @@ fn components_the_host_cannot_serve_are_rejected_at_load() {
         Err(PluginError::IncompatibleVersion {
             found, supported, ..
         }) => {
-            assert_eq!(found, "disaggregatedset:plugin/hooks@0.2.0");
+            assert_eq!(found, "disaggregatedset:plugin/hooks@0.9.0");
             assert_eq!(
                 supported,
-                vec!["disaggregatedset:plugin/hooks@0.1.0".to_string()]
+                vec![
+                    "disaggregatedset:plugin/hooks@0.2.0".to_string(),
+                    "disaggregatedset:plugin/hooks@0.1.0".to_string()
+                ]
             );
         }
         other => panic!("{:?}", other.err()),
@@ -441,6 +444,7 @@ fn a_busy_plugin_blocks_its_role_even_under_ignore() {
             roles: None,
             failure_policy: FailurePolicy::Ignore,
             digest: None,
+            signals: Vec::new(),
         },
         plugin: hostile,
     }];
@@ -455,4 +459,76 @@ fn a_busy_plugin_blocks_its_role_even_under_ignore() {
     for s in sleepers {
         assert_eq!(s.join().unwrap(), "PluginTimeout");
     }
+}
+
+/// The default plugins as built for contract 0.1.0 (the ConfigMaps `deploy/`
+/// shipped before 0.2.0, kept in `host/tests/fixtures/contract-0.1.0/`) still
+/// load and answer as they did; today's builds target 0.2.0.
+#[test]
+fn components_built_for_contract_0_1_0_keep_working() {
+    use disagg::core::plugins::{GateDecision, Plugin, RoleReplicas, ScaleRequest};
+    let rt = runtime();
+    let old = |name: &str| {
+        let yaml = std::fs::read_to_string(repo(&format!(
+            "host/tests/fixtures/contract-0.1.0/{name}.yaml"
+        )))
+        .unwrap();
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_yaml_ng::from_str(&yaml).unwrap();
+        let bytes = disagg::controller::plugins::component_of(&cm).unwrap();
+        rt.load(name, &bytes).unwrap()
+    };
+    let gate = old("rollout-gate");
+    assert_eq!(gate.contract(), "0.1.0");
+    assert_eq!(gate.world(), "disaggregatedset:plugin/plugin@0.1.0");
+    let held = gate
+        .gate_step(&common::gate_request(&[], json!({"requireApproval": true})))
+        .unwrap();
+    assert!(
+        matches!(held, GateDecision::Hold { ref reason, .. } if reason.contains("step 2")),
+        "{held:?}"
+    );
+    let approved = gate
+        .gate_step(&common::gate_request(
+            &[("disaggregatedset.x-k8s.io/approve-step", "2")],
+            json!({"requireApproval": true}),
+        ))
+        .unwrap();
+    assert_eq!(approved, GateDecision::Proceed);
+    // A 0.1.0 scaler answers a request that carries signals it cannot see.
+    let scaler = old("ratio-scaler");
+    let request = ScaleRequest {
+        set: "{}".into(),
+        roles: vec![
+            RoleReplicas {
+                name: "prefill".into(),
+                desired: 3,
+                observed: 3,
+                ready: 3,
+            },
+            RoleReplicas {
+                name: "decode".into(),
+                desired: 1,
+                observed: 1,
+                ready: 1,
+            },
+        ],
+        role: "decode".into(),
+        config: json!({"role": "decode", "of": "prefill", "ratio": 2}).to_string(),
+        signals: vec![disagg::core::plugins::Signal {
+            name: "queue".into(),
+            role: None,
+            evaluated_at_ms: 1,
+            samples: vec![],
+            error: None,
+        }],
+        last_scaled_ms: Some(1),
+        now_ms: 2,
+    };
+    assert_eq!(
+        scaler.scale_role(&request).unwrap().map(|a| a.replicas),
+        Some(6)
+    );
+    assert_eq!(old("role-profile").contract(), "0.1.0");
+    // Today's builds target 0.2.0.
+    assert_eq!(load(&rt, "rollout-gate").contract(), "0.2.0");
 }

@@ -141,6 +141,7 @@ fn rollout_gate_holds_for_bake_time_approval_and_windows() {
     let hold_reason = |d: GateDecision| match d {
         GateDecision::Hold { reason, .. } => Some(reason),
         GateDecision::Proceed => None,
+        GateDecision::Abort { reason } => panic!("rollout-gate never aborts: {reason}"),
     };
     // 2026-11-24 (a Tuesday) 10:00 UTC.
     let tuesday_10 = 1_795_514_400_000u64;

@@ -20,13 +20,14 @@ use crate::execute::{self, Action, Child, Decision, Mark, SliceState, Target, ta
 use crate::plugins::{GateRequest, PluginError, Plugins, RoleStep, Violation};
 use crate::render::{is_controlled_by, owner_reference, render_child};
 use crate::revision::revision;
+use crate::signals::{Evaluator, Signals, Vars};
 use crate::status::{self, Hold, Observation, conditions};
 use crate::text::truncate;
 use disagg_api::keys;
 use disagg_api::lws::LeaderWorkerSet;
 use disagg_api::scaler::{DisaggregatedSetRoleScaler, DisaggregatedSetRoleScalerSpec};
 use disagg_api::set::{DisaggregatedSet, DisaggregatedSetStatus, PluginBinding, PluginStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -65,6 +66,12 @@ pub struct Observed<'a> {
     /// The operator's own bindings (`--default-plugins`).
     pub defaults: &'a [DefaultBinding],
     pub plugins: &'a dyn Plugins,
+    /// Where the bindings' signals are evaluated (`signals::NoSignals` when
+    /// no Prometheus is configured).
+    pub signals: &'a dyn Signals,
+    /// How often a set whose bindings declare signals is decided again
+    /// (metrics change with no object changing).
+    pub signal_interval: Duration,
     pub now: Timestamp,
 }
 
@@ -238,6 +245,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     let mut decision = None;
     let mut hold = None;
     let mut blocked_by = None;
+    let evaluator = Evaluator::new(o.signals);
     if violations.is_empty() {
         // Scaling hooks adjust the targets.
         let observed = observed_replicas(&target, &children);
@@ -246,12 +254,27 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             .iter()
             .map(|r| (r.name.clone(), r.replicas))
             .collect();
+        let namespace = set.namespace().unwrap_or_default();
+        let name = set.name_any();
+        let context = bindings::ScaleContext {
+            evaluator: &evaluator,
+            vars: Vars {
+                set: &name,
+                namespace: &namespace,
+                slice: 0,
+                revision: &rev,
+                old_revision: &rev,
+            },
+            now_ms: o.now.as_millisecond().max(0) as u64,
+            last_scaled_ms: last_scaled(set),
+        };
         failures.extend(bindings::scale(
             set,
             &set_json,
             &bound,
             &mut desired,
             &observed,
+            &context,
         ));
         for r in &mut target.roles {
             if let Some(d) = desired.get(&r.name) {
@@ -259,12 +282,26 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             }
         }
         let d = execute::decide(&target, &children);
-        let (held, gate_failures) = match pause_request(set, &d) {
-            Some(paused) => (Some(paused), Vec::new()),
-            None => gates(set, &bound, &d, &children, &rev, o.now),
+        let gated = match pause_request(set, &d) {
+            Some(paused) => rollout::Gated {
+                hold: Some(paused),
+                abort: None,
+                failures: Vec::new(),
+            },
+            None => gates(set, &bound, &d, &children, &rev, o.now, &evaluator),
         };
-        failures.extend(gate_failures);
-        hold = held;
+        failures.extend(gated.failures);
+        hold = gated.hold;
+        if let Some((gate, reason)) = gated.abort {
+            // Sticky, visible and resumable like a user's abort: the annotations.
+            plan.writes.push(Planned {
+                write: Write::AbortSet {
+                    reason: truncate(&format!("by gate {gate}: {reason}"), 512),
+                    revision: rev.clone(),
+                },
+                scope: None,
+            });
+        }
         let mut writes = child_writes(set, &set_json, &bound, &d, &children, &rev, hold.is_some());
         // A child a Fail plugin could not patch is not created: its role waits too.
         let unpatched = writes.failures.iter().any(|f| f.blocks());
@@ -302,6 +339,9 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         now: now.clone(),
     });
     status.plugins = plugin_statuses(&effective, o.plugins, &failures);
+    if effective.iter().any(|b| !b.signals.is_empty()) {
+        status.conditions.push(signals_ready(set, &evaluator, &now));
+    }
     let refused = refusals(&effective, o.plugins);
     status
         .conditions
@@ -326,14 +366,18 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         .filter(|f| !known(f))
         .map(|f| (f.plugin.clone(), f.reason))
         .collect();
-    plan.recheck = Some(recheck(
+    let mut again = recheck(
         set,
         &status,
         &failures,
         hold.as_ref(),
         decision.as_ref(),
         &now,
-    ));
+    );
+    if effective.iter().any(|b| !b.signals.is_empty()) {
+        again = again.min(o.signal_interval.max(Duration::from_millis(200)));
+    }
+    plan.recheck = Some(again);
     plan.status = Some(status);
     plan.target = Some(target);
     plan.violations = violations;
@@ -381,6 +425,48 @@ fn pause_request(set: &DisaggregatedSet, d: &Decision) -> Option<(Hold, Duration
         };
         (hold, STEADY_RECHECK)
     })
+}
+
+/// `SignalsReady`, on sets whose bindings declare signals: whether every
+/// signal had samples to give (an empty result counts: it is an answer).
+fn signals_ready(set: &DisaggregatedSet, evaluator: &Evaluator<'_>, now: &Time) -> Condition {
+    let previous = set
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or(&[]);
+    let errors = evaluator.errors();
+    let (ok, reason, message) = if errors.is_empty() {
+        (true, "Evaluated", "every signal was evaluated".to_string())
+    } else {
+        let list: Vec<String> = errors
+            .iter()
+            .map(|(n, why)| format!("{n}: {why}"))
+            .collect();
+        (false, "SignalUnavailable", truncate(&list.join("; "), 2048))
+    };
+    status::condition(
+        previous,
+        conditions::SIGNALS_READY,
+        ok,
+        reason,
+        message,
+        set.metadata.generation,
+        now,
+    )
+}
+
+/// When each role's desired replicas last changed, from the set's status
+/// (for scale requests' `last-scaled-ms`).
+fn last_scaled(set: &DisaggregatedSet) -> BTreeMap<String, u64> {
+    set.status
+        .iter()
+        .flat_map(|s| &s.role_statuses)
+        .filter_map(|r| {
+            let t = r.last_scale_time.as_ref()?;
+            Some((r.name.clone(), t.0.as_millisecond().max(0) as u64))
+        })
+        .collect()
 }
 
 /// When to decide again with nothing changed.

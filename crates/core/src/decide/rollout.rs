@@ -2,6 +2,8 @@
 //! creates rendered through the patch hooks.
 
 use super::*;
+use crate::bindings::GateOutcome;
+use crate::signals::Evaluator;
 
 /// `(status.replicas, readyReplicas)` over each role's children.
 pub(super) fn observed_replicas(
@@ -20,8 +22,17 @@ pub(super) fn observed_replicas(
         .collect()
 }
 
+/// What the gates said about the steps of a decision.
+pub(super) struct Gated {
+    /// The first hold (or abort request, which holds this pass), with when to ask again.
+    pub(super) hold: Option<(Hold, Duration)>,
+    /// A gate that asked for the rollout to be aborted: (gate, reason).
+    pub(super) abort: Option<(String, String)>,
+    pub(super) failures: Vec<Failure>,
+}
+
 /// Asks the gates about every slice about to take a rollout step; the first
-/// hold wins, with when to ask again.
+/// hold (or abort request) wins, with when to ask again.
 pub(super) fn gates(
     set: &DisaggregatedSet,
     bound: &[Bound],
@@ -29,7 +40,8 @@ pub(super) fn gates(
     children: &[Child],
     rev: &str,
     now: Timestamp,
-) -> (Option<(Hold, Duration)>, Vec<Failure>) {
+    evaluator: &Evaluator<'_>,
+) -> Gated {
     let mut failures = Vec::new();
     let since = set
         .status
@@ -50,12 +62,19 @@ pub(super) fn gates(
                 })
                 .all(Child::is_ready)
         };
+        // The revision the slice rolls away from: its oldest other one.
+        let old_revision = children
+            .iter()
+            .filter(|c| c.owned && c.slice == slice.slice && c.revision != rev)
+            .min_by_key(|c| (c.created, c.revision.clone()))
+            .map_or_else(|| rev.to_string(), |c| c.revision.clone());
         let request = GateRequest {
             set_name: set.name_any(),
             namespace: set.namespace().unwrap_or_default(),
             labels: set.labels().clone().into_iter().collect(),
             annotations: set.annotations().clone().into_iter().collect(),
             revision: rev.to_string(),
+            old_revision,
             slice: slice.slice.max(0) as u32,
             step: (slice.position.0 + 1).max(0) as u32,
             total_steps: slice.position.1.max(0) as u32,
@@ -77,15 +96,43 @@ pub(super) fn gates(
                 .unwrap_or(0),
             now_ms: now.as_millisecond().max(0) as u64,
             config: String::new(),
+            signals: Vec::new(),
         };
-        let (held, gate_failures) = bindings::gate(bound, &request);
+        let (outcome, gate_failures) = bindings::gate(bound, &request, evaluator);
         failures.extend(gate_failures);
-        if let Some((gate, reason, recheck_ms)) = held {
-            let hold = Hold { gate, reason };
-            return (Some((hold, Duration::from_millis(recheck_ms))), failures);
+        match outcome {
+            Some(GateOutcome::Hold {
+                gate,
+                reason,
+                recheck_ms,
+            }) => {
+                let hold = Hold { gate, reason };
+                return Gated {
+                    hold: Some((hold, Duration::from_millis(recheck_ms))),
+                    abort: None,
+                    failures,
+                };
+            }
+            Some(GateOutcome::Abort { gate, reason }) => {
+                // Held until the abort annotation this asks for is written and read back.
+                let hold = Hold {
+                    gate: gate.clone(),
+                    reason: format!("asks to abort the rollout: {reason}"),
+                };
+                return Gated {
+                    hold: Some((hold, Duration::from_secs(1))),
+                    abort: Some((gate, reason)),
+                    failures,
+                };
+            }
+            None => {}
         }
     }
-    (None, failures)
+    Gated {
+        hold: None,
+        abort: None,
+        failures,
+    }
 }
 
 /// The child writes of a decision, children to create rendered through the

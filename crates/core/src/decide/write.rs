@@ -35,6 +35,12 @@ pub enum Write {
     DeleteChild {
         name: String,
     },
+    /// A merge patch of the set's own `abort` and `abort-revision`
+    /// annotations: a gate asked for the rollout to `revision` to be aborted.
+    AbortSet {
+        reason: String,
+        revision: String,
+    },
 }
 
 /// A child's role and slice. A child write the API server refuses stops the
@@ -65,6 +71,7 @@ impl Write {
             | Write::ScaleChild { name, .. }
             | Write::MarkChild { name, .. }
             | Write::DeleteChild { name } => name,
+            Write::AbortSet { .. } => "",
         }
     }
 
@@ -87,10 +94,13 @@ impl Write {
             Write::MarkChild { replicas: None, .. } => "cannot annotate",
             Write::MarkChild { .. } => "cannot scale",
             Write::ScalerStatus { .. } => "cannot update the status of",
+            Write::AbortSet { .. } => "cannot annotate",
             Write::DeleteScaler { .. } | Write::DeleteChild { .. } => "cannot delete",
         };
         let kind = if self.is_child() {
             "LeaderWorkerSet"
+        } else if matches!(self, Write::AbortSet { .. }) {
+            "the set"
         } else {
             "DisaggregatedSetRoleScaler"
         };
@@ -156,6 +166,11 @@ impl Write {
                     mark.target
                 ),
             ),
+            Write::AbortSet { reason, revision } => Some(Event::warning(
+                "RolloutAborted",
+                "Rollout",
+                format!("rollout to {revision} aborted {reason}"),
+            )),
             Write::ScalerStatus { .. } | Write::MarkChild { .. } => None,
         }
     }

@@ -78,8 +78,33 @@ pub struct RoleReplicas {
     pub ready: i32,
 }
 
+/// One labelled value of a signal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sample {
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A binding's signal as evaluated for one request (`wit/plugin.wit`,
+/// `signal`): samples, or why there are none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Signal {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub evaluated_at_ms: u64,
+    #[serde(default)]
+    pub samples: Vec<Sample>,
+    /// Set when there are no samples because evaluation failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// `scale-role`: one role's replicas, to advise on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleRequest {
     /// The set, as JSON.
@@ -88,6 +113,14 @@ pub struct ScaleRequest {
     /// The role advised on.
     pub role: String,
     pub config: String,
+    /// The binding's signals, evaluated for this role (0.2.0).
+    #[serde(default)]
+    pub signals: Vec<Signal>,
+    /// When the role's desired replicas last changed, if known.
+    #[serde(default)]
+    pub last_scaled_ms: Option<u64>,
+    #[serde(default)]
+    pub now_ms: u64,
 }
 
 /// A scaling plugin's proposal.
@@ -113,7 +146,7 @@ pub struct RoleStep {
 }
 
 /// `gate-step`: the step a slice is about to take.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GateRequest {
     pub set_name: String,
@@ -121,6 +154,9 @@ pub struct GateRequest {
     pub labels: Vec<(String, String)>,
     pub annotations: Vec<(String, String)>,
     pub revision: String,
+    /// The oldest revision left in the slice (0.2.0).
+    #[serde(default)]
+    pub old_revision: String,
     pub slice: u32,
     /// 1-based.
     pub step: u32,
@@ -130,6 +166,9 @@ pub struct GateRequest {
     pub held_for_ms: u64,
     pub now_ms: u64,
     pub config: String,
+    /// The binding's signals, evaluated for this slice (0.2.0).
+    #[serde(default)]
+    pub signals: Vec<Signal>,
 }
 
 /// A gate's answer.
@@ -140,6 +179,10 @@ pub enum GateDecision {
     Hold {
         reason: String,
         recheck_after_ms: u64,
+    },
+    /// Roll back (0.2.0): the rollout is aborted with this reason.
+    Abort {
+        reason: String,
     },
 }
 

@@ -105,6 +105,7 @@ fn binding(name: &str, policy: FailurePolicy) -> PluginBinding {
         roles: None,
         failure_policy: policy,
         digest: None,
+        signals: Vec::new(),
     }
 }
 
@@ -129,6 +130,8 @@ fn plan_with(
         scalers,
         defaults,
         plugins,
+        signals: &crate::signals::NoSignals,
+        signal_interval: std::time::Duration::from_secs(15),
         now: now(),
     })
 }

@@ -2,7 +2,7 @@
 
 wit_bindgen::generate!({
     inline: r#"
-        package disaggregatedset:plugin@0.2.0;
+        package disaggregatedset:plugin@0.9.0;
         interface hooks {
             describe: func() -> string;
         }

@@ -51,6 +51,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             revision: "abcd1234".into(),
+            old_revision: "0123abcd".into(),
             slice: 0,
             step,
             total_steps: 4,
@@ -66,6 +67,7 @@ mod tests {
             held_for_ms: 0,
             now_ms: 0,
             config: disagg_plugin_sdk::json!({}),
+            signals: vec![],
         }
     }
 
