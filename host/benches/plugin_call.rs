@@ -9,6 +9,8 @@
 //! (a guest `sleep`) takes to return, and the process's peak memory while
 //! more calls than there are slots each hoard memory up to the cap.
 //!
+//! And what signals add to a reconcile: four Prometheus queries over HTTP.
+//!
 //! Prints criterion's report and machine-readable lines:
 //! `BENCH <name> median_us=<n>`,
 //! `BENCH plugin_compile name=<crate> size_bytes=<n> compile_ms=<n>`,
@@ -85,6 +87,7 @@ fn bench(c: &mut Criterion) {
         labels: vec![],
         annotations: vec![],
         revision: "r".into(),
+        old_revision: "q".into(),
         slice: 0,
         step: 1,
         total_steps: 2,
@@ -92,16 +95,58 @@ fn bench(c: &mut Criterion) {
         held_for_ms: 0,
         now_ms: 0,
         config: "{}".into(),
+        signals: vec![],
     };
     c.bench_function("plugin_gate_step_small", |b| {
         b.iter(|| gate.gate_step(black_box(&small)).unwrap())
     });
 }
 
+/// What signals add to a reconcile: one session evaluating four distinct
+/// queries (two histogram quantiles, two sums, as slo-gate and load-scaler
+/// use) against a local Prometheus over HTTP. Skipped without Prometheus.
+fn signals(c: &mut Criterion) {
+    use disagg::controller::prometheus::{Prometheus, PrometheusConfig};
+    use disagg::core::signals::Signals;
+    if !disagg::local_prometheus::installed() {
+        println!("BENCH signals_reconcile_4_queries skipped=prometheus_not_installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("disagg-bench-prom-{}", std::process::id()));
+    // Nothing to scrape: the queries run on Prometheus' own series (`up`).
+    let local =
+        disagg::local_prometheus::LocalPrometheus::start(dir, "127.0.0.1:9".parse().unwrap())
+            .unwrap();
+    let prometheus = Prometheus::new(
+        PrometheusConfig {
+            url: local.url.clone(),
+            bearer_token_file: None,
+            ca_file: None,
+            timeout: std::time::Duration::from_secs(2),
+        },
+        std::sync::Arc::new(disagg::controller::metrics::Metrics::default()),
+    )
+    .unwrap();
+    let queries = [
+        "histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{disaggregatedset=\"llm\",revision=\"a\"}[1m])))",
+        "histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{disaggregatedset=\"llm\",revision=\"b\"}[1m])))",
+        "sum(vllm:num_requests_waiting{disaggregatedset=\"llm\",role=\"prefill\"})",
+        "sum(up)",
+    ];
+    c.bench_function("signals_reconcile_4_queries", |b| {
+        b.iter(|| {
+            let session = prometheus.session();
+            for q in &queries {
+                black_box(session.evaluate(q).samples.unwrap());
+            }
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50);
-    targets = bench
+    targets = bench, signals
 }
 
 fn main() {
@@ -111,6 +156,7 @@ fn main() {
         "plugin_patch_role_20kb",
         "plugin_patch_role_20kb_unread",
         "plugin_gate_step_small",
+        "signals_reconcile_4_queries",
     ] {
         let estimates = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("../criterion/{name}/new/estimates.json"));

@@ -34,6 +34,9 @@ pub struct DevOptions {
     pub default_plugins: Vec<crate::core::bindings::DefaultBinding>,
     /// Where the operator evaluates signals.
     pub prometheus: Option<controller::prometheus::PrometheusConfig>,
+    /// Start a local Prometheus scraping the simulated servers, and evaluate
+    /// signals against it (overrides `prometheus`).
+    pub start_prometheus: bool,
     /// How often sets with signals are decided again.
     pub signal_interval: Duration,
 }
@@ -73,6 +76,29 @@ pub async fn run(
         unready_fraction: 0.0,
     });
     kube_sim::lws_sim::spawn(sim.store.clone(), sim.lws.clone());
+    // The simulated inference servers' metrics, and a Prometheus scraping them.
+    let mut local_prometheus = None;
+    if options.start_prometheus {
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot serve the simulated metrics: {e}"))?;
+        let target = metrics.local_addr().map_err(|e| e.to_string())?;
+        kube_sim::serving::serve(sim.store.clone(), sim.serving.clone(), metrics);
+        let dir =
+            std::env::temp_dir().join(format!("disagg-dev-prometheus-{}", std::process::id()));
+        let started = tokio::task::spawn_blocking(move || {
+            crate::local_prometheus::LocalPrometheus::start(dir, target)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        options.prometheus = Some(controller::prometheus::PrometheusConfig {
+            url: started.url.clone(),
+            bearer_token_file: None,
+            ca_file: None,
+            timeout: Duration::from_secs(2),
+        });
+        local_prometheus = Some(started);
+    }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", options.listen))?;
@@ -110,6 +136,12 @@ pub async fn run(
         "disagg dev: API server on http://{addr}; kubectl --kubeconfig {}",
         options.kubeconfig.display()
     );
+    if let Some(p) = &local_prometheus {
+        println!(
+            "disagg dev: Prometheus on {} scraping the simulated servers; steer them with curl -X POST http://{addr}/kube-sim/serving -d '{{\"set\": \"llama-pd\", \"role\": \"prefill\", \"waiting\": 24}}' or -d '{{\"revision\": \"REV\", \"ttftSeconds\": 2}}'",
+            p.url
+        );
+    }
     for file in &options.apply {
         apply_file(&client, file).await?;
     }

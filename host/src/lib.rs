@@ -22,6 +22,8 @@ pub mod defaults;
 pub mod dev;
 pub mod input;
 pub mod kubectl;
+#[cfg(feature = "dev")]
+pub mod local_prometheus;
 pub mod plugin_new;
 pub mod plugin_run;
 pub mod render;

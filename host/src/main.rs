@@ -159,6 +159,10 @@ struct DevArgs {
     /// Plugin bindings every set gets (as for `disagg run`); the default is deploy/'s.
     #[arg(long, default_value = disagg::defaults::DEFAULT_PLUGINS)]
     default_plugins: String,
+    /// Start a local Prometheus (the Debian package; bash scripts/install-prometheus.sh)
+    /// scraping the simulated inference servers, and evaluate signals against it.
+    #[arg(long)]
+    prometheus: bool,
     #[command(flatten)]
     signals: SignalArgs,
 }
@@ -282,6 +286,7 @@ fn dev(args: DevArgs) -> ExitCode {
         },
         prometheus: args.signals.prometheus(),
         signal_interval: args.signals.interval(),
+        start_prometheus: args.prometheus,
     };
     block_on(disagg::dev::run(options, shutdown_signal()))
 }

@@ -142,6 +142,18 @@ async fn execute(
         if scope.as_ref().is_some_and(|s| stopped.contains(&s)) {
             continue;
         }
+        if let Write::AbortSet { reason, revision } = write {
+            // A gate asked for an abort: the set's own annotations, as a user's abort.
+            let sets: Api<DisaggregatedSet> = Api::namespaced(ctx.client.clone(), &ns);
+            let patch = json!({"metadata": {"annotations": {
+                keys::ABORT: reason,
+                keys::ABORT_REVISION: revision,
+            }}});
+            sets.patch(&set.name_any(), &ctx.patch_params(), &Patch::Merge(patch))
+                .await?;
+            record(set, ctx, write).await;
+            continue;
+        }
         if !write.is_child() {
             match write_scaler(set, ctx, scaler_api, write).await {
                 Ok(()) => continue,

@@ -64,6 +64,8 @@ fn bench(c: &mut Criterion) {
         scalers: &[],
         defaults: &[],
         plugins: &NoPlugins,
+        signals: &disagg_core::signals::NoSignals,
+        signal_interval: std::time::Duration::from_secs(15),
         now,
     };
     let plan = decide(&observed);

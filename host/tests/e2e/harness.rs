@@ -17,6 +17,8 @@ pub struct Cluster {
     pub kubeconfig: std::path::PathBuf,
     /// The API server's state and fault controls.
     pub sim: Arc<kube_sim::server::Sim>,
+    /// Where the simulated inference servers' metrics are served (`/metrics`), for Prometheus to scrape.
+    pub metrics_addr: std::net::SocketAddr,
     addr: std::net::SocketAddr,
     server: tokio::sync::Mutex<Option<Server>>,
     _dir: TempDir,
@@ -93,9 +95,13 @@ pub async fn cluster(test: &str) -> Cluster {
         kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
             .unwrap();
     common::install_crds(&client).await;
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    kube_sim::serving::serve(sim.store.clone(), sim.serving.clone(), metrics);
     Cluster {
         client,
         kubeconfig,
+        metrics_addr,
         sim,
         addr,
         server: tokio::sync::Mutex::new(Some(server)),

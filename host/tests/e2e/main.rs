@@ -12,5 +12,6 @@ mod lifecycle;
 mod plugins;
 mod rollout_ops;
 mod rollouts;
+mod signals;
 mod trust;
 mod upstream;

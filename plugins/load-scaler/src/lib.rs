@@ -20,8 +20,10 @@
 //!       ratio: {role: decode, of: prefill, min: 1.0, max: 3.0}       # decode/prefill band
 //! ```
 //!
-//! A role's signal that is unavailable, empty or NaN proposes nothing: the
-//! role stays where it is. The ratio band is a constraint, applied after the
+//! Advice counts for one decision, so the scaler proposes from the groups
+//! that run now (`observed`): a role whose signal is unavailable, empty or
+//! NaN, or that is cooling down, is proposed at the size it has — frozen,
+//! not sent back to its spec's replicas. The ratio band is a constraint, applied after the
 //! load rule (and during a cool-down): with prefill scaled up, decode follows
 //! into the band even when its own load does not ask for it. Roles are
 //! advised in spec order, so a role later in the spec sees earlier advice.
@@ -86,10 +88,17 @@ impl Plugin for LoadScaler {
 
     fn scale_role(req: ScaleRequest) -> Result<Option<ScaleAdvice>, String> {
         let cfg: Config = req.config()?;
-        let current = req
+        let role = req
             .role_named(&req.role)
-            .map(|r| r.desired)
             .ok_or_else(|| format!("no role {} in the request", req.role))?;
+        // Advice applies to one decision only: each time, propose from the
+        // groups that run now, so holding still means proposing them again.
+        let desired = role.desired;
+        let current = if role.observed > 0 {
+            role.observed
+        } else {
+            desired
+        };
         let mut proposal = current;
         let mut why = Vec::new();
         if let Some(rule) = cfg.roles.get(&req.role) {
@@ -129,8 +138,11 @@ impl Plugin for LoadScaler {
         if let Some(rule) = cfg.roles.get(&req.role) {
             proposal = proposal.clamp(rule.min, rule.max.max(rule.min));
         }
-        if proposal == current {
+        if proposal == desired {
             return Ok(None);
+        }
+        if why.is_empty() {
+            why.push("holding".into());
         }
         Ok(Some(ScaleAdvice {
             replicas: proposal,

@@ -17,7 +17,9 @@
 //!       recheckSeconds: 10
 //! ```
 //!
-//! Each check's signal must give one value (aggregate in the query). A signal
+//! The first step (no new groups yet) always proceeds: it is the canary that
+//! produces the new revision's metrics. Each check's signal must give one
+//! value (aggregate in the query). A signal
 //! that is unavailable or empty holds the step — never proceeds, never
 //! aborts: missing data is not evidence. A check fails when the value is above
 //! `max`, below `min`, or above `maxRatio` × its baseline's value. Time out of
@@ -75,6 +77,11 @@ impl Plugin for SloGate {
             return Err("config.checks is empty: nothing to gate on".into());
         }
         let recheck = cfg.recheck_seconds.max(1) * 1000;
+        // Before the first new groups there is nothing to judge: the first
+        // step is the canary that makes the metrics.
+        if req.roles.iter().all(|r| r.new_now == 0) {
+            return Ok(GateDecision::Proceed);
+        }
         let mut verdicts = Vec::new();
         for check in &cfg.checks {
             if let Some(v) = judge(&req, check) {

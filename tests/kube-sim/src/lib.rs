@@ -15,6 +15,7 @@ pub mod lws_sim;
 pub mod openapi;
 pub mod selector;
 pub mod server;
+pub mod serving;
 pub mod store;
 pub mod table;
 

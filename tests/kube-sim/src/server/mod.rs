@@ -42,6 +42,8 @@ pub struct Sim {
     pub faults: crate::faults::Faults,
     /// How the LWS simulator's groups behave (when it runs: [`crate::lws_sim::spawn`]).
     pub lws: crate::lws_sim::LwsSimControls,
+    /// How the simulated inference servers behave ([`crate::serving::serve`]).
+    pub serving: crate::serving::ServingControls,
     /// Requests served, for `GET /kube-sim/stats`: reads (GET) and writes (the rest).
     pub reads: std::sync::atomic::AtomicU64,
     pub writes: std::sync::atomic::AtomicU64,
@@ -67,6 +69,7 @@ impl Sim {
             store,
             faults: crate::faults::Faults::default(),
             lws: Default::default(),
+            serving: Default::default(),
             reads: Default::default(),
             writes: Default::default(),
             custom: RwLock::new(HashMap::new()),
@@ -469,6 +472,15 @@ fn fixed_path(
                     sim.lws.set(c);
                     (StatusCode::OK, "ok").into_response()
                 }
+                Err(e) => error_response(&bad_request(e)),
+            });
+        }
+        "/kube-sim/serving" if method == Method::POST => {
+            let applied = serde_json::from_slice::<Value>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| sim.serving.apply_json(&v));
+            return Some(match applied {
+                Ok(()) => (StatusCode::OK, "ok").into_response(),
                 Err(e) => error_response(&bad_request(e)),
             });
         }

@@ -76,7 +76,7 @@ mod tests {
         for approved in [None, Some("1"), Some("soon")] {
             match Gate::gate_step(request(2, approved)).unwrap() {
                 GateDecision::Hold { reason, .. } => assert!(reason.contains("step 2 of 4")),
-                GateDecision::Proceed => panic!("proceeded with {approved:?}"),
+                other => panic!("{other:?} with {approved:?}"),
             }
         }
     }
