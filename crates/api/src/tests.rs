@@ -272,3 +272,34 @@ fn start_after_names_other_roles_and_has_no_cycle() {
         ["spec.roles: startAfter forms a cycle: a → c → b → a"]
     );
 }
+
+#[test]
+fn signal_queries_are_named_once_and_use_known_placeholders() {
+    let with = |signals: Value| {
+        messages(&set_with(
+            "llm",
+            json!({"roles": [role("prefill", 1), role("decode", 1)],
+                   "plugins": [{"name": "slo-gate", "signals": signals}]}),
+        ))
+    };
+    assert_eq!(
+        with(json!([{"name": "ttft", "query": "x{r=\"{{revision}}\",o=\"{{ oldRevision }}\"}"}])),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        with(json!([{"name": "ttft", "query": "x"}, {"name": "ttft", "query": "y"}])),
+        ["spec.plugins[0].signals[1].name: signal \"ttft\" is declared twice"]
+    );
+    let bad = with(json!([{"name": "Bad_Name", "query": "x{a=\"{{pod}}\"}"}]));
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(
+        bad[0].starts_with("spec.plugins[0].signals[0].name: \"Bad_Name\" must be a DNS label")
+    );
+    assert!(bad[1].starts_with(
+        "spec.plugins[0].signals[0].query: unknown placeholder {{pod}}; known: {{set}}"
+    ));
+    assert_eq!(
+        with(json!([{"name": "q", "query": "  "}])),
+        ["spec.plugins[0].signals[0].query: must be 1 to 4096 bytes of PromQL"]
+    );
+}

@@ -151,3 +151,115 @@ pub fn render(query: &str, vars: &Vars<'_>, role: Option<&str>) -> String {
     out.push_str(rest);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Answers every query with one sample, or an error for queries naming "down";
+    /// records what it was asked.
+    struct Fake(RefCell<Vec<String>>);
+
+    impl Signals for Fake {
+        fn evaluate(&self, query: &str) -> Evaluated {
+            self.0.borrow_mut().push(query.to_string());
+            Evaluated {
+                at_ms: 7,
+                samples: if query.contains("down") {
+                    Err("Prometheus unreachable: connection refused".into())
+                } else {
+                    Ok(vec![Sample {
+                        labels: vec![],
+                        value: 1.5,
+                    }])
+                },
+            }
+        }
+    }
+
+    fn query(name: &str, query: &str) -> SignalQuery {
+        SignalQuery {
+            name: name.into(),
+            query: query.into(),
+        }
+    }
+
+    #[test]
+    fn placeholders_are_filled_and_role_queries_run_per_role() {
+        let vars = Vars {
+            set: "llm",
+            namespace: "ml",
+            slice: 2,
+            revision: "bbbb",
+            old_revision: "aaaa",
+        };
+        assert_eq!(
+            render(
+                r#"x{s="{{set}}",n="{{ namespace }}",i="{{slice}}",r="{{revision}}",o="{{oldRevision}}",q="{{role}}"}"#,
+                &vars,
+                Some("decode")
+            ),
+            r#"x{s="llm",n="ml",i="2",r="bbbb",o="aaaa",q="decode"}"#
+        );
+        let fake = Fake(RefCell::new(Vec::new()));
+        let e = Evaluator::new(&fake);
+        let got = e.evaluate(
+            "gate",
+            &[
+                query("ttft", "t{r=\"{{revision}}\"}"),
+                query("queue", "q{role=\"{{role}}\"}"),
+                query("broken", "down{}"),
+            ],
+            &vars,
+            &["prefill", "decode"],
+        );
+        let names: Vec<(&str, Option<&str>)> = got
+            .iter()
+            .map(|s| (s.name.as_str(), s.role.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("ttft", None),
+                ("queue", Some("prefill")),
+                ("queue", Some("decode")),
+                ("broken", None)
+            ]
+        );
+        assert_eq!(got[0].samples[0].value, 1.5);
+        assert_eq!(got[0].evaluated_at_ms, 7);
+        assert_eq!(
+            got[3].error.as_deref(),
+            Some("Prometheus unreachable: connection refused")
+        );
+        assert!(got[3].samples.is_empty());
+        assert_eq!(
+            fake.0.borrow().as_slice(),
+            [
+                "t{r=\"bbbb\"}",
+                "q{role=\"prefill\"}",
+                "q{role=\"decode\"}",
+                "down{}"
+            ]
+        );
+        assert_eq!(e.evaluated(), 4);
+        assert_eq!(
+            e.errors().into_iter().collect::<Vec<_>>(),
+            [(
+                "gate/broken".to_string(),
+                "Prometheus unreachable: connection refused".to_string()
+            )]
+        );
+        // Without Prometheus every signal says how to configure one.
+        let none = Evaluator::new(&NoSignals);
+        let got = none.evaluate("gate", &[query("ttft", "t")], &vars, &[]);
+        assert!(
+            got[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("--prometheus-url")
+        );
+    }
+}

@@ -517,3 +517,67 @@ fn refused_writes_are_reported_with_a_condition_an_event_and_a_retry() {
     );
     assert_eq!(p.recheck, Some(Duration::from_secs(4)));
 }
+
+#[test]
+fn a_gate_that_asks_to_abort_has_the_abort_written_and_signals_reported() {
+    use disagg_api::set::SignalQuery;
+    let mut s = set(two_roles());
+    s.spec.plugins = vec![PluginBinding {
+        signals: vec![SignalQuery {
+            name: "ttft".into(),
+            query: "q{r=\"{{revision}}\"}".into(),
+        }],
+        ..binding("gate", FailurePolicy::Fail)
+    }];
+    let mut gate = fake("gate", &[Hook::GateStep]);
+    gate.gate = Some(Box::new(|r| {
+        // No Prometheus here: the signal says why, and the gate decides anyway.
+        assert_eq!(r.signals.len(), 1);
+        assert!(
+            r.signals[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("--prometheus-url")
+        );
+        assert_eq!(r.old_revision, "0ld0ld00");
+        Ok(GateDecision::Abort {
+            reason: "TTFT 2.4 s".into(),
+        })
+    }));
+    let plugins = Registry::with("gate", gate);
+    let old = [
+        ready_child(&s, 0, "0ld0ld00", 2, Some(2)),
+        ready_child(&s, 1, "0ld0ld00", 3, Some(3)),
+    ];
+    let p = plan(&s, &old, &plugins);
+    let rev = p.target.as_ref().unwrap().revision.clone();
+    let aborts: Vec<&Write> = p
+        .writes
+        .iter()
+        .map(|w| &w.write)
+        .filter(|w| matches!(w, Write::AbortSet { .. }))
+        .collect();
+    assert_eq!(
+        aborts,
+        [&Write::AbortSet {
+            reason: "by gate gate: TTFT 2.4 s".into(),
+            revision: rev,
+        }]
+    );
+    assert!(
+        p.writes
+            .iter()
+            .all(|w| !matches!(w.write, Write::CreateChild(_) | Write::ScaleChild { .. })),
+        "the step is held until the abort is read back: {:?}",
+        p.writes
+    );
+    let (st, reason, message) = condition(&p, conditions::SIGNALS_READY);
+    assert_eq!((st, reason), ("False", "SignalUnavailable"));
+    assert!(
+        message.starts_with("gate/ttft: no Prometheus is configured"),
+        "{message}"
+    );
+    // Signals make the set be looked at again soon (metrics change with no object changing).
+    assert!(p.recheck.unwrap() <= Duration::from_secs(15));
+}
