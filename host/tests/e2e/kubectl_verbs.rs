@@ -1,5 +1,6 @@
-//! `kubectl disagg …` against `disagg dev`, through kubectl's own plugin
-//! mechanism: the binary symlinked as `kubectl-disagg` on `PATH`.
+//! `disagg dev` as a user runs it: `kubectl disagg …` against it, through
+//! kubectl's own plugin mechanism (the binary symlinked as `kubectl-disagg`
+//! on `PATH`), and `--prometheus`.
 
 use super::common::repo;
 use serde_json::Value;
@@ -219,4 +220,68 @@ fn every_kubectl_verb_works_against_disagg_dev() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("DisaggregatedSet default/nope not found")
     );
+}
+
+/// `disagg dev --prometheus`: a local Prometheus scrapes the simulated
+/// servers, and the admin endpoint steers them.
+#[test]
+fn disagg_dev_starts_a_prometheus_that_scrapes_the_simulated_servers() {
+    if !disagg::local_prometheus::installed() {
+        assert!(
+            std::env::var_os("DISAGG_REQUIRE_PROMETHEUS").is_none(),
+            "prometheus is not installed: bash scripts/install-prometheus.sh"
+        );
+        eprintln!("SKIPPED: prometheus is not installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("disagg-dev-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    let mut process = Command::new(env!("CARGO_BIN_EXE_disagg"))
+        .args(["dev", "--prometheus", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--apply")
+        .arg(repo("examples/vllm-pd.yaml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(process.stdout.take().unwrap());
+    let (mut api, mut prom) = (String::new(), String::new());
+    stdout.read_line(&mut api).unwrap();
+    stdout.read_line(&mut prom).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let url = |line: &str, after: &str| {
+        let at = line.find(after).unwrap() + after.len();
+        line[at..]
+            .split(|c: char| c == ';' || c.is_whitespace())
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let api = url(&api, "API server on ");
+    let prom = url(&prom, "Prometheus on ");
+    ureq::post(&format!("{api}/kube-sim/serving"))
+        .send(r#"{"set": "llama-pd", "role": "prefill", "waiting": 24}"#)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = ureq::get(&format!("{prom}/api/v1/query"))
+            .query(
+                "query",
+                "sum(vllm:num_requests_waiting{disaggregatedset=\"llama-pd\",role=\"prefill\"})",
+            )
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        if answer.contains("\"24\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never scraped: {answer}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = process.kill();
+    let _ = process.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }
