@@ -339,14 +339,8 @@ async fn plan(
 fn steps(target: &Target, mut children: Vec<Child>) -> String {
     let snapshots = simulate::rollout(target, &mut children, 100_000);
     let mut out = String::from("steps (slice 0; old/new groups per role):\n");
-    for snap in &snapshots {
-        let roles: Vec<String> = snap
-            .roles
-            .iter()
-            .map(|r| format!("{} {}/{}", r.name, r.old, r.new))
-            .collect();
-        let (k, total) = snap.position;
-        let _ = writeln!(out, "  {k}/{total}: {}", roles.join(", "));
+    for line in crate::render::step_lines(&snapshots) {
+        let _ = writeln!(out, "  {line}");
     }
     out
 }

@@ -108,14 +108,25 @@ pub fn rollout_comment(old: &Target, new: &Target) -> String {
     if old.revision == new.revision {
         out.push_str("# same revision: replicas change directly, no rollout\n");
     }
-    for snap in &snapshots {
-        let roles: Vec<String> = snap
-            .roles
-            .iter()
-            .map(|r| format!("{} {}/{}", r.name, r.old, r.new))
-            .collect();
-        let (k, total) = snap.position;
-        let _ = writeln!(out, "# step {k}/{total}: {}", roles.join(", "));
+    for line in step_lines(&snapshots) {
+        let _ = writeln!(out, "# step {line}");
     }
     out
+}
+
+/// One line per state of a simulated rollout: `k/T: prefill 2/0, decode 4/0`
+/// (old/new groups per role, `k` of the schedule's `T` steps done).
+pub fn step_lines(snapshots: &[simulate::Snapshot]) -> Vec<String> {
+    snapshots
+        .iter()
+        .map(|snap| {
+            let roles: Vec<String> = snap
+                .roles
+                .iter()
+                .map(|r| format!("{} {}/{}", r.name, r.old, r.new))
+                .collect();
+            let (k, total) = snap.position;
+            format!("{k}/{total}: {}", roles.join(", "))
+        })
+        .collect()
 }
