@@ -58,7 +58,6 @@ pub struct Evaluator<'a> {
     signals: &'a dyn Signals,
     /// Signal name (`binding/signal`) → why it has no samples.
     errors: RefCell<BTreeMap<String, String>>,
-    evaluated: RefCell<usize>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -66,7 +65,6 @@ impl<'a> Evaluator<'a> {
         Evaluator {
             signals,
             errors: RefCell::new(BTreeMap::new()),
-            evaluated: RefCell::new(0),
         }
     }
 
@@ -90,7 +88,6 @@ impl<'a> Evaluator<'a> {
             for role in scopes {
                 let query = render(&q.query, vars, role);
                 let e = self.signals.evaluate(&query);
-                *self.evaluated.borrow_mut() += 1;
                 let (samples, error) = match e.samples {
                     Ok(s) => (s, None),
                     Err(why) => {
@@ -115,11 +112,6 @@ impl<'a> Evaluator<'a> {
     /// Signals that had no samples because evaluation failed, as (name, why).
     pub fn errors(&self) -> BTreeMap<String, String> {
         self.errors.borrow().clone()
-    }
-
-    /// How many evaluations were asked for.
-    pub fn evaluated(&self) -> usize {
-        *self.evaluated.borrow()
     }
 }
 
@@ -243,7 +235,6 @@ mod tests {
                 "down{}"
             ]
         );
-        assert_eq!(e.evaluated(), 4);
         assert_eq!(
             e.errors().into_iter().collect::<Vec<_>>(),
             [(

@@ -103,11 +103,6 @@ fn hooks_export() -> String {
     format!("{PACKAGE}/hooks@{}", contract_version())
 }
 
-/// The world a component targets, as `disagg plugin check` reports it.
-pub fn world() -> String {
-    format!("{PACKAGE}/plugin@{}", contract_version())
-}
-
 /// The contract version a component exports its hooks at, or why it cannot be served.
 pub(crate) fn check_version(
     engine: &wasmtime::Engine,

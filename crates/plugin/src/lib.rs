@@ -28,7 +28,7 @@ mod limits;
 mod runtime;
 mod sandbox;
 
-pub use contract::{contract_version, world};
+pub use contract::contract_version;
 pub use disagg_core::plugins::*;
 pub use limits::Limits;
 pub use runtime::{LoadedPlugin, Observer, Runtime};

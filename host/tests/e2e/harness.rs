@@ -146,6 +146,21 @@ pub fn spawn_operator(
     Operator(child)
 }
 
+/// Whether a `prometheus` binary can run the signal tests; `false` (and a
+/// SKIPPED line) when it is not installed — unless `DISAGG_REQUIRE_PROMETHEUS`
+/// is set, as CI does, which makes a missing one a failure.
+pub fn prometheus_installed() -> bool {
+    if disagg::local_prometheus::installed() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("DISAGG_REQUIRE_PROMETHEUS").is_none(),
+        "prometheus is not installed: bash scripts/install-prometheus.sh"
+    );
+    eprintln!("SKIPPED: prometheus is not installed (bash scripts/install-prometheus.sh)");
+    false
+}
+
 /// Per role: (replicas of the old revisions, replicas of `revision`), from `spec.replicas`.
 pub type State = BTreeMap<String, (i32, i32)>;
 

@@ -26,8 +26,10 @@ impl Drop for Dev {
 }
 
 impl Dev {
-    fn start(apply: &Path) -> Dev {
-        let dir = std::env::temp_dir().join(format!("disagg-kubectl-{}", std::process::id()));
+    /// `disagg dev --apply APPLY EXTRA…`, once it has printed its first
+    /// `lines` lines (returned): the first says the API server is up.
+    fn start(name: &str, apply: &Path, extra: &[&str], lines: usize) -> (Dev, Vec<String>) {
+        let dir = std::env::temp_dir().join(format!("disagg-{name}-{}", std::process::id()));
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_disagg"), bin.join("kubectl-disagg"))
@@ -39,23 +41,33 @@ impl Dev {
             .arg(&kubeconfig)
             .arg("--apply")
             .arg(apply)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Wait for its first line: the API server is up and the kubeconfig written.
+        // Wait for its first lines: the API server is up and the kubeconfig written.
         let mut stdout = BufReader::new(process.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert!(line.contains("API server on"), "disagg dev said: {line}");
+        let said: Vec<String> = (0..lines)
+            .map(|_| {
+                let mut line = String::new();
+                stdout.read_line(&mut line).unwrap();
+                line
+            })
+            .collect();
+        assert!(
+            said[0].contains("API server on"),
+            "disagg dev said: {said:?}"
+        );
         // Keep reading its live table, so that it never writes to a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Dev {
+        let dev = Dev {
             process,
             kubeconfig,
             bin,
             dir,
-        }
+        };
+        (dev, said)
     }
 
     /// `kubectl ARGS` with the dev kubeconfig; its stdout, or a panic with stderr.
@@ -120,7 +132,7 @@ fn every_kubectl_verb_works_against_disagg_dev() {
         eprintln!("SKIPPED: kubectl is not installed");
         return;
     }
-    let dev = Dev::start(&repo("examples/vllm-pd.yaml"));
+    let (dev, _) = Dev::start("kubectl", &repo("examples/vllm-pd.yaml"), &[], 1);
     let name = "llama-pd";
     let first = dev.until(name, "Available", |s| is(s, "Available", "True"));
     let first_revision = first["status"]["updateRevision"]
@@ -226,31 +238,15 @@ fn every_kubectl_verb_works_against_disagg_dev() {
 /// servers, and the admin endpoint steers them.
 #[test]
 fn disagg_dev_starts_a_prometheus_that_scrapes_the_simulated_servers() {
-    if !disagg::local_prometheus::installed() {
-        assert!(
-            std::env::var_os("DISAGG_REQUIRE_PROMETHEUS").is_none(),
-            "prometheus is not installed: bash scripts/install-prometheus.sh"
-        );
-        eprintln!("SKIPPED: prometheus is not installed");
+    if !super::harness::prometheus_installed() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("disagg-dev-prom-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    let mut process = Command::new(env!("CARGO_BIN_EXE_disagg"))
-        .args(["dev", "--prometheus", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .arg("--apply")
-        .arg(repo("examples/vllm-pd.yaml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(process.stdout.take().unwrap());
-    let (mut api, mut prom) = (String::new(), String::new());
-    stdout.read_line(&mut api).unwrap();
-    stdout.read_line(&mut prom).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let (_dev, said) = Dev::start(
+        "dev-prometheus",
+        &repo("examples/vllm-pd.yaml"),
+        &["--prometheus"],
+        2,
+    );
     let url = |line: &str, after: &str| {
         let at = line.find(after).unwrap() + after.len();
         line[at..]
@@ -259,8 +255,8 @@ fn disagg_dev_starts_a_prometheus_that_scrapes_the_simulated_servers() {
             .unwrap()
             .to_string()
     };
-    let api = url(&api, "API server on ");
-    let prom = url(&prom, "Prometheus on ");
+    let api = url(&said[0], "API server on ");
+    let prom = url(&said[1], "Prometheus on ");
     ureq::post(&format!("{api}/kube-sim/serving"))
         .send(r#"{"set": "llama-pd", "role": "prefill", "waiting": 24}"#)
         .unwrap();
@@ -281,7 +277,4 @@ fn disagg_dev_starts_a_prometheus_that_scrapes_the_simulated_servers() {
         assert!(Instant::now() < deadline, "never scraped: {answer}");
         std::thread::sleep(Duration::from_millis(250));
     }
-    let _ = process.kill();
-    let _ = process.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }

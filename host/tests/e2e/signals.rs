@@ -5,7 +5,7 @@
 use super::harness::*;
 use disagg::api::lws::LeaderWorkerSet;
 use disagg::api::set::DisaggregatedSet;
-use disagg::local_prometheus::{LocalPrometheus, installed};
+use disagg::local_prometheus::LocalPrometheus;
 use kube::api::{Api, PostParams};
 use kube_sim::serving::{Latency, Load};
 use serde_json::json;
@@ -18,16 +18,10 @@ fn ttft(revision: &str) -> String {
     )
 }
 
-/// A real Prometheus scraping the cluster's simulated servers, or `None` (a
-/// SKIPPED line) when it is not installed — unless `DISAGG_REQUIRE_PROMETHEUS`
-/// is set, as CI does.
+/// A real Prometheus scraping the cluster's simulated servers, or `None`
+/// when it is not installed ([`prometheus_installed`]).
 async fn prometheus(test: &str, cluster: &Cluster) -> Option<LocalPrometheus> {
-    if !installed() {
-        assert!(
-            std::env::var_os("DISAGG_REQUIRE_PROMETHEUS").is_none(),
-            "prometheus is not installed: bash scripts/install-prometheus.sh"
-        );
-        eprintln!("SKIPPED: prometheus is not installed (bash scripts/install-prometheus.sh)");
+    if !prometheus_installed() {
         return None;
     }
     let dir = std::env::temp_dir().join(format!("disagg-prom-{test}-{}", std::process::id()));
