@@ -273,8 +273,13 @@ fn cpu_of(pid: u32) -> Duration {
 }
 
 impl Cluster {
-    /// The real API server's CPU so far (zero on kube-sim, which shares our process).
+    /// The API server's CPU so far: the real one's (crdserver + etcd), or on
+    /// kube-sim this benchmark's own process (kube-sim, its LWS simulator and
+    /// the benchmark's watches).
     fn server_cpu(&self) -> Duration {
+        if self.sim.is_some() {
+            return cpu_of(std::process::id());
+        }
         self.server_pids.iter().map(|p| cpu_of(*p)).sum()
     }
 }
@@ -352,6 +357,17 @@ impl Operator {
                         .any(|v| l.starts_with(&format!("verb=\"{v}\"")))
             }),
             reconciles: sum("disagg_reconciles_total{", &|_| true),
+            step_buckets: text
+                .lines()
+                .filter_map(|l| l.strip_prefix("disagg_step_latency_seconds_bucket{le=\""))
+                .filter_map(|rest| {
+                    let (le, count) = rest.split_once("\"} ")?;
+                    Some((
+                        le.parse().unwrap_or(f64::INFINITY),
+                        count.trim().parse().ok()?,
+                    ))
+                })
+                .collect(),
         }
     }
 
@@ -377,24 +393,50 @@ impl Operator {
 }
 
 /// What the operator counted of its own work.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Counts {
     /// GETs and LISTs (watches not included).
     reads: u64,
     status_writes: u64,
     child_writes: u64,
     reconciles: u64,
+    /// `disagg_step_latency_seconds` buckets: (upper bound in s, cumulative count).
+    step_buckets: Vec<(f64, u64)>,
 }
 
 impl std::ops::Sub for Counts {
     type Output = Counts;
     fn sub(self, o: Counts) -> Counts {
+        let before = |le: f64| {
+            o.step_buckets
+                .iter()
+                .find(|(l, _)| *l == le)
+                .map_or(0, |(_, c)| *c)
+        };
         Counts {
             reads: self.reads - o.reads,
             status_writes: self.status_writes - o.status_writes,
             child_writes: self.child_writes - o.child_writes,
             reconciles: self.reconciles - o.reconciles,
+            step_buckets: self
+                .step_buckets
+                .iter()
+                .map(|(le, c)| (*le, c - before(*le)))
+                .collect(),
         }
+    }
+}
+
+impl Counts {
+    /// The upper bound of the histogram bucket holding the p-th percentile
+    /// of the operator's own step latency, in ms.
+    fn step_percentile_ms(&self, p: f64) -> f64 {
+        let total = self.step_buckets.last().map_or(0, |(_, c)| *c);
+        let wanted = (total as f64 * p).ceil() as u64;
+        self.step_buckets
+            .iter()
+            .find(|(_, c)| *c >= wanted.max(1))
+            .map_or(0.0, |(le, _)| le * 1000.0)
     }
 }
 
@@ -620,9 +662,11 @@ async fn scale(n: usize, idle: Duration) {
     steps.sort();
     let (step_p50, step_p99) = (percentile(&steps, 0.5), percentile(&steps, 0.99));
     println!(
-        "operator time per rollout step (all children ready -> the next step's first write), {} steps: p50 {step_p50:.1?}, p99 {step_p99:.1?}, max {:.1?} (target p99 <= 50 ms)",
+        "operator time per rollout step (all children ready -> the next step's first write), {} steps: p50 {step_p50:.1?}, p99 {step_p99:.1?}, max {:.1?} (target p99 <= 50 ms); the operator's own (watch event -> first write, disagg_step_latency_seconds): p50 <= {} ms, p99 <= {} ms",
         steps.len(),
-        steps.last().copied().unwrap_or_default()
+        steps.last().copied().unwrap_or_default(),
+        rolling.step_percentile_ms(0.5),
+        rolling.step_percentile_ms(0.99),
     );
     let (roll_server_cpu, roll_cpu) = (
         c.server_cpu() - server_cpu_before,
@@ -650,7 +694,7 @@ async fn scale(n: usize, idle: Duration) {
     );
     let per = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     println!(
-        "CPU: creating: operator {create_cpu:.2?}, API server {create_server_cpu:.2?}; rolling: operator {roll_cpu:.2?}, API server {roll_server_cpu:.2?} (API server: the real one only)"
+        "CPU: creating: operator {create_cpu:.2?}, API server {create_server_cpu:.2?}; rolling: operator {roll_cpu:.2?}, API server {roll_server_cpu:.2?} (on kube-sim: this benchmark's process, kube-sim and its watches)"
     );
     println!(
         "operator requests: creating {n} sets: {} reads over {} reconciles ({:.3}/reconcile), {:.2} status writes/set, {:.2} LWS writes/set; rolling {rolled}: {} reads over {} reconciles, {:.2} status writes/set, {:.2} LWS writes/set",
@@ -665,7 +709,7 @@ async fn scale(n: usize, idle: Duration) {
         per(rolling.child_writes, rolled as u64),
     );
     println!(
-        "BENCH operator_scale sets={n} available_s={:.3} bare_s={:.3} ratio={ratio:.2} operator_writes={operator_writes} idle_reads_per_min={idle_reads:.0} idle_writes_per_min={idle_writes:.0} idle_cpu_s_per_min={idle_cpu:.3} rollouts={rolled} rollouts_s={:.3} peak_rss_mib={:.1} reads_per_reconcile={:.3} status_writes_per_set={:.2} reconciles_per_set={:.2} rollout_lws_writes_per_set={:.2} rollout_status_writes_per_set={:.2} step_p50_ms={:.1} step_p99_ms={:.1} server={} create_cpu_s={:.2} create_server_cpu_s={:.2} roll_cpu_s={:.2} roll_server_cpu_s={:.2}",
+        "BENCH operator_scale sets={n} available_s={:.3} bare_s={:.3} ratio={ratio:.2} operator_writes={operator_writes} idle_reads_per_min={idle_reads:.0} idle_writes_per_min={idle_writes:.0} idle_cpu_s_per_min={idle_cpu:.3} rollouts={rolled} rollouts_s={:.3} peak_rss_mib={:.1} reads_per_reconcile={:.3} status_writes_per_set={:.2} reconciles_per_set={:.2} rollout_lws_writes_per_set={:.2} rollout_status_writes_per_set={:.2} step_p50_ms={:.1} step_p99_ms={:.1} own_step_p50_ms_le={} own_step_p99_ms_le={} server={} create_cpu_s={:.2} create_server_cpu_s={:.2} roll_cpu_s={:.2} roll_server_cpu_s={:.2}",
         took.as_secs_f64(),
         bare.as_secs_f64(),
         rollouts.as_secs_f64(),
@@ -680,6 +724,8 @@ async fn scale(n: usize, idle: Duration) {
         per(rolling.status_writes, rolled as u64),
         step_p50.as_secs_f64() * 1000.0,
         step_p99.as_secs_f64() * 1000.0,
+        rolling.step_percentile_ms(0.5),
+        rolling.step_percentile_ms(0.99),
         if c.sim.is_some() {
             "kube-sim"
         } else {

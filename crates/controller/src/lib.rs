@@ -21,22 +21,23 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod events;
 pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod plugins;
 pub mod prometheus;
+pub mod queue;
 pub mod reconcile;
 
 use disagg_api::keys;
 use disagg_api::set::DisaggregatedSet;
 use disagg_core::bindings::DefaultBinding;
-use disagg_core::text::truncate;
 use disagg_plugin::{Limits, Runtime};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::{Predicate as _, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use std::net::SocketAddr;
@@ -81,8 +82,10 @@ impl Error {
 pub struct Context {
     pub client: Client,
     pub plugins: Arc<plugins::Registry>,
-    pub recorder: Recorder,
+    pub events: events::Events,
     pub metrics: Arc<metrics::Metrics>,
+    /// Which sets wait for a reconcile, for metrics.
+    pub queue: Arc<queue::Queue>,
     /// Bindings every set gets unless it binds the same plugin itself.
     pub default_plugins: Vec<DefaultBinding>,
     /// Child writes the API server refused, waiting to be retried.
@@ -115,26 +118,21 @@ impl Context {
         Api::namespaced(self.client.clone(), &set.namespace().unwrap_or_default())
     }
 
-    /// Records an Event on the set; a failure to record is logged, never fatal.
-    pub async fn event(
-        &self,
-        set: &DisaggregatedSet,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        tracing::info!(set = %set.name_any(), namespace = ?set.namespace(), reason, "{note}");
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(truncate(&note, 1000)),
-            action: action.into(),
-            secondary: None,
+    /// Records an Event on the set (in the background, see [`events`]).
+    pub fn event(&self, set: &DisaggregatedSet, event: &disagg_core::decide::Event) {
+        tracing::info!(set = %set.name_any(), namespace = ?set.namespace(), reason = event.reason, "{}", event.note);
+        let type_ = if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
         };
-        if let Err(e) = self.recorder.publish(&event, &set.object_ref(&())).await {
-            tracing::warn!(error = %e, "cannot record an Event");
-        }
+        self.events.record(
+            set.object_ref(&()),
+            type_,
+            event.reason,
+            event.action,
+            &event.note,
+        );
     }
 }
 
@@ -192,6 +190,7 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let events = events::Events::start(recorder, metrics.clone());
     {
         let metrics = metrics.clone();
         registry
@@ -232,7 +231,7 @@ pub async fn run(
                 registry.clone(),
                 client.clone(),
                 &options.namespace,
-                recorder.clone(),
+                events.clone(),
                 health.clone(),
             )
             .await
@@ -244,7 +243,9 @@ pub async fn run(
     // triggers them. Sets trigger only on what changes what the operator
     // does (generation, labels, annotations), so its own status writes do not
     // come back as work; children and scalers on any change.
+    let queue = Arc::new(queue::Queue::new(metrics.clone()));
     let (sets, sets_writer) = reflector::store();
+    let queued = queue.clone();
     let set_events = watcher(
         Api::<DisaggregatedSet>::all(client.clone()),
         watcher::Config::default(),
@@ -258,9 +259,10 @@ pub async fn run(
             .combine(predicates::labels)
             .combine(predicates::annotations),
         Default::default(),
-    );
-    let (children, child_events) = owned(&client, cache::slim_child);
-    let (scalers, scaler_events) = owned(&client, cache::slim);
+    )
+    .inspect_ok(move |set| queued.triggered(set, true));
+    let (children, child_events) = owned(&client, cache::slim_child, &queue);
+    let (scalers, scaler_events) = owned(&client, cache::slim, &queue);
 
     let prometheus = match options.prometheus {
         Some(config) => Some(Arc::new(prometheus::Prometheus::new(
@@ -274,8 +276,9 @@ pub async fn run(
         signal_interval: options.signal_interval,
         client: client.clone(),
         plugins: registry,
-        recorder,
+        events,
         metrics,
+        queue,
         default_plugins: options.default_plugins,
         backoff: backoff::Backoff::default(),
         health: health.clone(),
@@ -344,6 +347,7 @@ pub async fn run(
 fn owned<K>(
     client: &Client,
     slim: fn(&mut K),
+    queue: &Arc<queue::Queue>,
 ) -> (
     reflector::Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -365,7 +369,11 @@ where
     .default_backoff()
     .modify(slim)
     .reflect(writer)
-    .touched_objects();
+    .touched_objects()
+    .inspect_ok({
+        let queue = queue.clone();
+        move |object| queue.triggered(object, false)
+    });
     (store, events)
 }
 

@@ -52,6 +52,9 @@ pub struct Metrics {
     plugin_calls: Family<PluginCall, Histogram, fn() -> Histogram>,
     api_requests: Family<ApiRequest, Counter>,
     in_flight: Gauge,
+    queue_depth: Gauge,
+    step_latency: Histogram,
+    events: Family<Outcome, Counter>,
     signals: Family<Outcome, Histogram, fn() -> Histogram>,
 }
 
@@ -109,6 +112,24 @@ impl Default for Metrics {
             "Reconciles running now (at most --concurrency)",
             in_flight.clone(),
         );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "reconcile_queue_depth",
+            "Sets a watch event has queued for a reconcile that has not started yet",
+            queue_depth.clone(),
+        );
+        let step_latency = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "step_latency_seconds",
+            "From the watch event that queued a set to the first write of the reconcile it caused",
+            step_latency.clone(),
+        );
+        let events = Family::<Outcome, Counter>::default();
+        registry.register(
+            "events",
+            "Kubernetes Events the operator recorded, by result (ok, error, dropped: the queue was full)",
+            events.clone(),
+        );
         let signals = Family::<Outcome, Histogram, fn() -> Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 14))
         });
@@ -122,6 +143,9 @@ impl Default for Metrics {
             signals,
             api_requests,
             in_flight,
+            queue_depth,
+            step_latency,
+            events,
             reconciles,
             errors,
             duration,
@@ -193,6 +217,21 @@ impl Metrics {
                 .get_or_create(&ErrorKind { kind: e.kind() })
                 .inc();
         }
+    }
+
+    /// Sets waiting for a reconcile (`queue`).
+    pub fn queue_depth(&self, depth: usize) {
+        self.queue_depth.set(depth as i64);
+    }
+
+    /// A reconcile's first write, `took` after the event that queued its set.
+    pub fn step_latency(&self, took: Duration) {
+        self.step_latency.observe(took.as_secs_f64());
+    }
+
+    /// One Event recorded (`ok`), refused (`error`) or dropped.
+    pub fn event(&self, result: &'static str) {
+        self.events.get_or_create(&Outcome { result }).inc();
     }
 
     pub fn step(&self, action: &'static str) {

@@ -6,7 +6,6 @@
 //! once it loads; a broken or slow one leaves the last good one in use and is
 //! reported, and delays only the sets bound to it. Every change wakes every set.
 
-use disagg_core::text::truncate;
 use disagg_plugin::{LoadedPlugin, Plugin, Plugins, Runtime};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -322,7 +321,7 @@ pub async fn follow_configmaps(
     registry: Arc<Registry>,
     client: kube::Client,
     namespace: &str,
-    recorder: kube::runtime::events::Recorder,
+    recorder: super::events::Events,
     health: Arc<super::health::Health>,
 ) {
     use futures::StreamExt;
@@ -375,7 +374,7 @@ pub async fn follow_configmaps(
 
 async fn load_configmap(
     registry: Arc<Registry>,
-    recorder: kube::runtime::events::Recorder,
+    events: super::events::Events,
     cm: k8s_openapi::api::core::v1::ConfigMap,
     ticket: u64,
 ) {
@@ -389,19 +388,13 @@ async fn load_configmap(
         Update::Unchanged | Update::Superseded => {}
         Update::Refused(reason) => {
             tracing::warn!(plugin = %name, %reason, "plugin refused; the last good version stays in use");
-            let event = kube::runtime::events::Event {
-                type_: kube::runtime::events::EventType::Warning,
-                reason: "PluginRefused".into(),
-                note: Some(truncate(
-                    &format!("{reason}; the last good version (if any) stays in use"),
-                    1000,
-                )),
-                action: "Load".into(),
-                secondary: None,
-            };
-            if let Err(e) = recorder.publish(&event, &cm.object_ref(&())).await {
-                tracing::warn!(error = %e, "cannot record an Event on the plugin ConfigMap");
-            }
+            events.record(
+                cm.object_ref(&()),
+                kube::runtime::events::EventType::Warning,
+                "PluginRefused",
+                "Load",
+                &format!("{reason}; the last good version (if any) stays in use"),
+            );
         }
     }
 }

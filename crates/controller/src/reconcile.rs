@@ -14,7 +14,6 @@ use disagg_core::decide::{self, Observed, Planned, Scope, Write, WriteFailure};
 use disagg_core::render::is_controlled_by;
 use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
@@ -22,21 +21,27 @@ use std::time::Duration;
 
 pub async fn reconcile(set: Arc<DisaggregatedSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = std::time::Instant::now();
+    let queued = ctx
+        .queue
+        .started(&set.namespace().unwrap_or_default(), &set.name_any())
+        .unwrap_or(started);
     let _counted = ctx.metrics.running();
     let _running = ctx.health.reconciling(format!(
         "{}/{}",
         set.namespace().unwrap_or_default(),
         set.name_any()
     ));
-    let result = reconcile_inner(&set, &ctx).await;
+    let result = reconcile_inner(&set, &ctx, queued).await;
     ctx.metrics
         .reconciled(started.elapsed(), result.as_ref().err());
     result
 }
 
+/// `queued`: when the watch event that caused this reconcile arrived.
 async fn reconcile_inner(
     set: &Arc<DisaggregatedSet>,
     ctx: &Arc<Context>,
+    queued: std::time::Instant,
 ) -> Result<Requeue, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         // Garbage collection takes the children with the set.
@@ -91,22 +96,32 @@ async fn reconcile_inner(
     }
 
     // Execute.
-    let failed = match execute(set, ctx, &lws_api, &scaler_api, &plan.writes).await? {
-        Executed::Done(failed) => failed,
-        Executed::Raced => return Ok(Requeue::requeue(Duration::from_millis(100))),
+    let mut made = Made {
+        queued,
+        events: Vec::new(),
+        first: true,
+    };
+    let executed = execute(set, ctx, &lws_api, &scaler_api, &plan.writes, &mut made).await;
+    // Report. The Events of what was done, also when a later write failed.
+    let report = |extra: &[decide::Event]| {
+        let all = made.events.iter().chain(extra).cloned();
+        for event in decide::Event::merge(all) {
+            ctx.event(set, &event);
+        }
+    };
+    let failed = match executed {
+        Ok(Executed::Done(failed)) => failed,
+        Ok(Executed::Raced) => {
+            report(&[]);
+            return Ok(Requeue::requeue(Duration::from_millis(100)));
+        }
+        Err(e) => {
+            report(&[]);
+            return Err(e);
+        }
     };
     plan.after_writes(&failed);
-
-    // Report.
-    for event in &plan.events {
-        let type_ = if event.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        ctx.event(set, type_, event.reason, event.action, event.note.clone())
-            .await;
-    }
+    report(&plan.events);
     if let Some(status) = plan.status_update() {
         write_status(set, ctx, status).await?;
     }
@@ -134,6 +149,7 @@ async fn execute(
     lws_api: &Api<LeaderWorkerSet>,
     scaler_api: &Api<DisaggregatedSetRoleScaler>,
     writes: &[Planned],
+    made: &mut Made,
 ) -> Result<Executed, Error> {
     let ns = set.namespace().unwrap_or_default();
     let mut failed: Vec<WriteFailure> = Vec::new();
@@ -151,11 +167,11 @@ async fn execute(
             }}});
             sets.patch(&set.name_any(), &ctx.patch_params(), &Patch::Merge(patch))
                 .await?;
-            record(set, ctx, write).await;
+            made.record(ctx, write);
             continue;
         }
         if !write.is_child() {
-            match write_scaler(set, ctx, scaler_api, write).await {
+            match write_scaler(set, ctx, scaler_api, write, made).await {
                 Ok(()) => continue,
                 Err(Error::Kube(kube::Error::Api(e)))
                     if e.code == 409 && matches!(write, Write::CreateScaler(_)) =>
@@ -176,7 +192,7 @@ async fn execute(
             stopped.extend(scope);
             continue;
         }
-        match write_child(set, ctx, lws_api, write).await {
+        match write_child(set, ctx, lws_api, write, made).await {
             Ok(()) => ctx.backoff.succeeded(&key),
             Err(e) => {
                 let Some(why) = refusal(&e) else {
@@ -217,10 +233,11 @@ async fn write_child(
     ctx: &Context,
     api: &Api<LeaderWorkerSet>,
     write: &Write,
+    made: &mut Made,
 ) -> Result<(), Error> {
     let pp = ctx.patch_params();
     let name = write.object();
-    let (made, version) = match write {
+    let (done, version) = match write {
         Write::CreateChild(lws) => match api.create(&create_params(), lws).await {
             Ok(created) => (true, Some(created.resource_version())),
             Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -267,8 +284,8 @@ async fn write_child(
             version: version.flatten(),
         },
     );
-    if made {
-        record(set, ctx, write).await;
+    if done {
+        made.record(ctx, write);
     }
     Ok(())
 }
@@ -280,9 +297,10 @@ async fn write_scaler(
     ctx: &Context,
     api: &Api<DisaggregatedSetRoleScaler>,
     write: &Write,
+    made: &mut Made,
 ) -> Result<(), Error> {
     let name = write.object();
-    let (made, version) = match write {
+    let (done, version) = match write {
         Write::CreateScaler(scaler) => {
             let created = api.create(&create_params(), scaler).await?;
             (true, created.resource_version())
@@ -318,8 +336,8 @@ async fn write_scaler(
             version,
         },
     );
-    if made {
-        record(set, ctx, write).await;
+    if done {
+        made.record(ctx, write);
     }
     Ok(())
 }
@@ -333,17 +351,32 @@ fn create_params() -> PostParams {
     }
 }
 
-/// A write's Event and step metric, once it was made.
-async fn record(set: &DisaggregatedSet, ctx: &Context, write: &Write) {
-    match write {
-        Write::CreateChild(_) => ctx.metrics.step("create"),
-        Write::ScaleChild { .. } => ctx.metrics.step("scale"),
-        Write::DeleteChild { .. } => ctx.metrics.step("delete"),
-        _ => {}
-    }
-    if let Some(e) = write.event() {
-        ctx.event(set, EventType::Normal, e.reason, e.action, e.note)
-            .await;
+/// What a reconcile's writes did so far: their Events, recorded together
+/// once the writes are done ([`decide::Event::merge`]), and whether the step
+/// latency has been observed.
+struct Made {
+    queued: std::time::Instant,
+    events: Vec<decide::Event>,
+    first: bool,
+}
+
+impl Made {
+    /// A write was made: its Event, its step metric, and for the first
+    /// child write, the time since the event that caused the reconcile.
+    fn record(&mut self, ctx: &Context, write: &Write) {
+        let action = match write {
+            Write::CreateChild(_) => Some("create"),
+            Write::ScaleChild { .. } => Some("scale"),
+            Write::DeleteChild { .. } => Some("delete"),
+            _ => None,
+        };
+        if let Some(action) = action {
+            ctx.metrics.step(action);
+        }
+        if write.is_child() && std::mem::take(&mut self.first) {
+            ctx.metrics.step_latency(self.queued.elapsed());
+        }
+        self.events.extend(write.event());
     }
 }
 

@@ -124,15 +124,16 @@ pub fn spawn_operator(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Operator {
+    // Probes on a port of their own unless `extra` names one.
+    let probes: &[&str] = if extra.contains(&"--probe-addr") {
+        &[]
+    } else {
+        &["--probe-addr", "127.0.0.1:0"]
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_disagg"))
-        .args([
-            "run",
-            "--namespace",
-            "lws-system",
-            "--probe-addr",
-            "127.0.0.1:0",
-            "--kubeconfig",
-        ])
+        .args(["run", "--namespace", "lws-system"])
+        .args(probes)
+        .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(extra)
         .envs(env.iter().copied())

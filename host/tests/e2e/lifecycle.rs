@@ -315,7 +315,13 @@ async fn a_new_revision_lws_deleted_mid_rollout_is_recreated() {
 async fn many_sets_settle_and_an_idle_operator_writes_nothing() {
     use std::sync::atomic::Ordering::Relaxed;
     let cluster = cluster("many").await;
-    let _operator = start_operator_with(&cluster, &["--no-leader-election"]);
+    let probes = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let _operator =
+        start_operator_with(&cluster, &["--no-leader-election", "--probe-addr", &probes]);
     let sets: Api<DisaggregatedSet> = Api::namespaced(cluster.client.clone(), "default");
     let lws: Api<LeaderWorkerSet> = Api::namespaced(cluster.client.clone(), "default");
     let mut template: serde_json::Value =
@@ -355,4 +361,60 @@ async fn many_sets_settle_and_an_idle_operator_writes_nothing() {
         before,
         "an idle operator wrote to the API"
     );
+
+    // One Event for the three creates of each set, naming all three.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.client.clone(), "default");
+    let events = events.list(&Default::default()).await.unwrap().items;
+    for i in 0..n {
+        let set = format!("s{i:02}");
+        let created: Vec<&str> = events
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(&set))
+            .filter(|e| e.reason.as_deref() == Some("CreatedChild"))
+            .filter_map(|e| e.note.as_deref())
+            .collect();
+        assert_eq!(created.len(), 1, "{set}: {created:?}");
+        for role in ["encode", "prefill", "decode"] {
+            assert!(
+                created[0].contains(&format!("role {role},")),
+                "{set}: {created:?}"
+            );
+        }
+    }
+
+    // The operator's metrics say what it did and that nothing waits.
+    let text = metrics_of(&probes).await;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    assert_eq!(value("disagg_reconcile_queue_depth"), 0.0);
+    assert!(
+        value("disagg_step_latency_seconds_count") >= n as f64,
+        "{text}"
+    );
+    assert!(
+        value(r#"disagg_events_total{result="ok"}"#) >= n as f64,
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .find(|l| l.starts_with(r#"disagg_events_total{result="dropped"}"#)),
+        None
+    );
+}
+
+/// The operator's `/metrics` at `addr`.
+async fn metrics_of(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.unwrap();
+    text
 }

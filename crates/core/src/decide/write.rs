@@ -201,6 +201,26 @@ impl Event {
             ..Event::normal(reason, action, note)
         }
     }
+
+    /// One Event per kind (type, reason, action) in first-seen order, the
+    /// notes of each kind joined: a reconcile that creates a set's three
+    /// children records one `CreatedChild` naming all three. Every Event is a
+    /// write to the API server, as many as the operator's own writes.
+    pub fn merge(events: impl IntoIterator<Item = Event>) -> Vec<Event> {
+        let mut merged: Vec<Event> = Vec::new();
+        for event in events {
+            match merged.iter_mut().find(|m| {
+                (m.warning, m.reason, m.action) == (event.warning, event.reason, event.action)
+            }) {
+                Some(m) => {
+                    m.note.push_str("; ");
+                    m.note.push_str(&event.note);
+                }
+                None => merged.push(event),
+            }
+        }
+        merged
+    }
 }
 
 /// A child write the API server refused, or one waiting out its backoff after that.

@@ -208,6 +208,36 @@ fn a_new_set_creates_each_role_with_its_rendered_object() {
 }
 
 #[test]
+fn the_events_of_one_reconciles_writes_are_one_per_kind() {
+    use crate::decide::Event;
+    let s = set(two_roles());
+    let p = plan(&s, &[], &NoPlugins);
+    let mut events: Vec<Event> = p.writes.iter().filter_map(|w| w.write.event()).collect();
+    let notes: Vec<String> = events.iter().map(|e| e.note.clone()).collect();
+    events.push(Event::warning("PluginFailed", "Plugin", "x failed".into()));
+    events.push(Event::normal("ScaledChild", "Rollout", "scaled a".into()));
+    events.push(Event::normal(
+        "PluginFailed",
+        "Plugin",
+        "a normal one".into(),
+    ));
+    let merged = Event::merge(events);
+    let kinds: Vec<_> = merged.iter().map(|e| (e.reason, e.warning)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("CreatedChild", false),
+            ("PluginFailed", true),
+            ("ScaledChild", false),
+            ("PluginFailed", false)
+        ],
+        "first-seen order, warnings apart from normal Events of the same reason"
+    );
+    assert_eq!(merged[0].note, notes.join("; "));
+    assert_eq!(notes.len(), 2);
+}
+
+#[test]
 fn a_set_being_deleted_is_left_to_garbage_collection() {
     let mut s = set(two_roles());
     s.metadata.deletion_timestamp =
