@@ -685,11 +685,11 @@ async fn scale(n: usize, idle: Duration) {
 
     let ratio = took.as_secs_f64() / bare.as_secs_f64();
     println!(
-        "operator: {n} sets x 3 roles Available in {took:.2?} ({operator_writes} writes) vs bare client {bare:.2?} ({}x, target <= 2x)",
+        "operator: {n} sets x 3 roles Available in {took:.2?} ({operator_writes} writes) vs bare client {bare:.2?} ({}x, target <= 1.1x)",
         format_args!("{ratio:.2}")
     );
     println!(
-        "operator idle: {idle_reads:.0} reads/min, {idle_writes:.0} writes/min, {idle_cpu:.3} s CPU/min; {rolled} concurrent rollouts in {rollouts:.2?}; peak RSS {:.1} MiB (target <= 150)",
+        "operator idle: {idle_reads:.0} reads/min, {idle_writes:.0} writes/min, {idle_cpu:.3} s CPU/min; {rolled} concurrent rollouts in {rollouts:.2?}; peak RSS {:.1} MiB (target <= 40 at 1,000 sets)",
         operator.peak_rss_mib()
     );
     let per = |a: u64, b: u64| a as f64 / b.max(1) as f64;
