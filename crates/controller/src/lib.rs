@@ -243,9 +243,9 @@ pub async fn run(
     // triggers them. Sets trigger only on what changes what the operator
     // does (generation, labels, annotations), so its own status writes do not
     // come back as work; children and scalers on any change.
-    let queue = Arc::new(queue::Queue::new(metrics.clone()));
     let (sets, sets_writer) = reflector::store();
-    let queued = queue.clone();
+    let queue = Arc::new(queue::Queue::new(sets.clone(), metrics.clone()));
+    let (queued, forgotten) = (queue.clone(), queue.clone());
     let set_events = watcher(
         Api::<DisaggregatedSet>::all(client.clone()),
         watcher::Config::default(),
@@ -253,6 +253,11 @@ pub async fn run(
     .default_backoff()
     .modify(cache::slim)
     .reflect(sets_writer)
+    .inspect_ok(move |event| {
+        if let watcher::Event::Delete(set) = event {
+            forgotten.forget(set);
+        }
+    })
     .applied_objects()
     .predicate_filter(
         predicates::generation

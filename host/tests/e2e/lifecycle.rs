@@ -405,6 +405,24 @@ async fn many_sets_settle_and_an_idle_operator_writes_nothing() {
             .find(|l| l.starts_with(r#"disagg_events_total{result="dropped"}"#)),
         None
     );
+
+    // Sets deleted (their children going with them) leave nothing queued.
+    for i in 0..5 {
+        sets.delete(&format!("s{i:02}"), &Default::default())
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lws.list(&Default::default()).await.unwrap().items.len() > 3 * (n - 5) {
+        assert!(Instant::now() < deadline, "the deleted sets' children stay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = metrics_of(&probes).await;
+    assert!(
+        text.lines().any(|l| l == "disagg_reconcile_queue_depth 0"),
+        "{text}"
+    );
 }
 
 /// The operator's `/metrics` at `addr`.

@@ -205,7 +205,9 @@ impl Event {
     /// One Event per kind (type, reason, action) in first-seen order, the
     /// notes of each kind joined: a reconcile that creates a set's three
     /// children records one `CreatedChild` naming all three. Every Event is a
-    /// write to the API server, as many as the operator's own writes.
+    /// write to the API server, as many as the operator's own writes. (The
+    /// operator cuts a note past an Event's 1 KiB, saying how long it was:
+    /// a many-slice set's first reconcile names its first children only.)
     pub fn merge(events: impl IntoIterator<Item = Event>) -> Vec<Event> {
         let mut merged: Vec<Event> = Vec::new();
         for event in events {
