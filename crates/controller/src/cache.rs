@@ -57,6 +57,8 @@ pub struct Caches {
     pending: Mutex<HashMap<String, Vec<Pending>>>,
     /// Per set: the status last written and the set's resourceVersion after it.
     statuses: Mutex<HashMap<String, (String, DisaggregatedSetStatus)>>,
+    /// Whether both stores have listed, once one waiter has found out.
+    listed: tokio::sync::OnceCell<bool>,
 }
 
 fn key(set: &DisaggregatedSet) -> String {
@@ -85,14 +87,27 @@ impl Caches {
             scalers,
             pending: Mutex::default(),
             statuses: Mutex::default(),
+            listed: tokio::sync::OnceCell::new(),
         }
     }
 
     /// Waits until both stores have listed once (a reconcile before that
-    /// would see a set with no children and create them all).
+    /// would see a set with no children and create them all); `false` if a
+    /// store's watch is gone for good.
+    ///
+    /// One waiter at a time waits on the stores; the rest wait on it.
+    /// kube-runtime's `Store::wait_until_ready` keeps the waker of its last
+    /// poller only (a `futures` oneshot), so of the reconciles a starting
+    /// operator runs at once, all but one would sleep through the list and
+    /// on to their timeout.
     pub async fn ready(&self) -> bool {
-        self.children.wait_until_ready().await.is_ok()
-            && self.scalers.wait_until_ready().await.is_ok()
+        *self
+            .listed
+            .get_or_init(|| async {
+                self.children.wait_until_ready().await.is_ok()
+                    && self.scalers.wait_until_ready().await.is_ok()
+            })
+            .await
     }
 
     /// The set's children, as the store shows them.
@@ -277,6 +292,37 @@ mod tests {
             "spec": {"roles": []}
         }))
         .unwrap()
+    }
+
+    /// Every reconcile of a starting operator waits for the stores' first
+    /// list at once; all of them must go on when it arrives, not only the
+    /// last to have looked (kube-runtime's own wait wakes one waiter).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiter_goes_on_once_the_stores_have_listed() {
+        let (children, mut children_writer) = store::<LeaderWorkerSet>();
+        let (scalers, mut scalers_writer) = store::<DisaggregatedSetRoleScaler>();
+        let caches = Arc::new(Caches::new(children, scalers));
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let caches = caches.clone();
+                tokio::spawn(async move { caches.ready().await })
+            })
+            .collect();
+        // Let every waiter poll (and park) before the lists arrive.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for event in [Event::Init, Event::InitDone] {
+            children_writer.apply_watcher_event(&event);
+        }
+        for event in [Event::Init, Event::InitDone] {
+            scalers_writer.apply_watcher_event(&event);
+        }
+        for (i, waiter) in waiters.into_iter().enumerate() {
+            let ready = tokio::time::timeout(Duration::from_secs(2), waiter).await;
+            assert!(
+                matches!(ready, Ok(Ok(true))),
+                "waiter {i} still waiting 2 s after both stores listed"
+            );
+        }
     }
 
     #[test]
