@@ -317,6 +317,35 @@ async fn deleting_an_owner_collects_its_dependents_unless_orphaned() {
     .await
     .unwrap();
     assert!(gone(&api, "held").await && gone(&api, "parent3").await);
+
+    // An object that arrives owned by something already gone is collected;
+    // one that still has an owner is not.
+    let a = api
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
+    let b = api
+        .create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .unwrap();
+    let mut shared = owned("shared", &a);
+    shared
+        .metadata
+        .owner_references
+        .get_or_insert_with(Vec::new)
+        .extend(owned("-", &b).metadata.owner_references.unwrap());
+    api.create(&PostParams::default(), &shared).await.unwrap();
+    api.delete("a", &DeleteParams::background()).await.unwrap();
+    api.create(&PostParams::default(), &owned("late", &a))
+        .await
+        .unwrap();
+    assert!(gone(&api, "late").await, "its owner was gone when it came");
+    assert!(
+        api.get_opt("shared").await.unwrap().is_some(),
+        "b still owns it"
+    );
+    api.delete("b", &DeleteParams::background()).await.unwrap();
+    assert!(gone(&api, "shared").await, "its last owner went");
 }
 
 #[tokio::test]

@@ -153,6 +153,51 @@ fn generation_moves_on_spec_changes_only_and_status_is_separate() {
     );
 }
 
+/// The whole-store sweep (what the collector runs when it has missed
+/// changes): an object whose owners are all gone goes, and its dependents
+/// with it, in one call; one owner left keeps an object; an object being
+/// deleted in the foreground holds its dependents' collection and is let go
+/// once they are gone.
+#[test]
+fn a_full_collection_follows_the_ownership_graph() {
+    let (s, cm) = setup();
+    let owned = |name: &str, owners: &[&str]| {
+        let refs: Vec<Value> = owners
+            .iter()
+            .map(|u| json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": u}))
+            .collect();
+        json!({"metadata": {"name": name, "ownerReferences": refs}})
+    };
+    let uid = |v: Value| v["metadata"]["uid"].as_str().unwrap().to_string();
+    let kept = uid(s
+        .create(&cm, "ns", json!({"metadata": {"name": "kept"}}))
+        .unwrap());
+    let child = uid(s
+        .create(&cm, "ns", owned("child", &["no-such-uid"]))
+        .unwrap());
+    s.create(&cm, "ns", owned("grandchild", &[&child])).unwrap();
+    s.create(&cm, "ns", owned("shared", &["no-such-uid", &kept]))
+        .unwrap();
+    assert_eq!(s.collect_garbage(), 2, "child and grandchild");
+    for name in ["child", "grandchild"] {
+        assert_eq!(s.get(&cm, "ns", name).unwrap_err().code, 404, "{name}");
+    }
+    assert!(s.get(&cm, "ns", "shared").is_ok(), "one owner is left");
+    assert_eq!(s.collect_garbage(), 0, "nothing more");
+
+    s.delete_foreground(&cm, "ns", "kept", None).unwrap();
+    assert_eq!(
+        s.collect_garbage(),
+        1,
+        "shared: its live owner is going in the foreground"
+    );
+    assert_eq!(
+        s.get(&cm, "ns", "kept").unwrap_err().code,
+        404,
+        "with no dependents left, the foreground deletion finishes"
+    );
+}
+
 #[test]
 fn finalizers_hold_deletion_until_removed() {
     let (s, cm) = setup();

@@ -252,17 +252,11 @@ fn spawn_garbage_collector(store: Arc<Store>) {
     tokio::spawn(async move {
         loop {
             match events.recv().await {
-                // After a deletion; and, as the real collector watches the
-                // graph, when an object arrives whose owner may already be gone.
-                Ok(e)
-                    if e.kind == EventType::Deleted
-                        || e.object["metadata"].get("deletionTimestamp").is_some()
-                        || (e.kind == EventType::Added
-                            && e.object["metadata"].get("ownerReferences").is_some()) =>
-                {
-                    store.collect_garbage();
+                // As the real collector watches the graph: every change, and
+                // what it touches only.
+                Ok(e) => {
+                    store.collect_garbage_after(&e);
                 }
-                Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     store.collect_garbage();
                 }

@@ -70,7 +70,7 @@ pub(super) async fn watch(
     let mut head: Vec<Bytes> = initial.into_iter().map(|o| line("ADDED", o)).collect();
     for e in backlog {
         last = e.resource_version;
-        head.push(line(e.kind.as_str(), e.object));
+        head.push(line(e.kind.as_str(), Arc::unwrap_or_clone(e.object)));
     }
     let resource = resource.clone();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -107,7 +107,7 @@ pub(super) async fn watch(
                                 }
                                 last = resource_version;
                                 let type_ = match k { EventType::Added => "ADDED", EventType::Modified => "MODIFIED", EventType::Deleted => "DELETED" };
-                                return Some((line(type_, object), (rx, last, drops)));
+                                return Some((line(type_, Arc::unwrap_or_clone(object)), (rx, last, drops)));
                             }
                             // Fell behind or the store went away: end the watch; the client re-lists.
                             Err(_) => return None,

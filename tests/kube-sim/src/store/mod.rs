@@ -16,7 +16,7 @@
 
 use crate::selector::Selector;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::broadcast;
 
@@ -34,10 +34,69 @@ struct Inner {
     revision: u64,
     uids: u64,
     resources: BTreeMap<ResourceId, ResourceInfo>,
+    /// Every object goes in and out through [`Inner::put`] and
+    /// [`Inner::take`], which keep the ownership graph below.
     objects: BTreeMap<Key, Value>,
+    /// The ownership graph, for the garbage collector: each object by uid,
+    /// and each owner's dependents by the owner's uid.
+    by_uid: HashMap<String, Key>,
+    dependents: HashMap<String, BTreeSet<Key>>,
     log: VecDeque<WatchEvent>,
     /// Watches from a version below this one get 410 Expired.
     oldest_watchable: u64,
+}
+
+impl Inner {
+    fn put(&mut self, key: Key, object: Value) {
+        if let Some(old) = self.objects.remove(&key) {
+            self.unindex(&key, &old);
+        }
+        if let Some(uid) = uid_of(&object) {
+            self.by_uid.insert(uid.to_string(), key.clone());
+        }
+        for owner in owner_uids(&object) {
+            self.dependents
+                .entry(owner.to_string())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.objects.insert(key, object);
+    }
+
+    fn take(&mut self, key: &Key) -> Option<Value> {
+        let old = self.objects.remove(key)?;
+        self.unindex(key, &old);
+        Some(old)
+    }
+
+    fn unindex(&mut self, key: &Key, object: &Value) {
+        if let Some(uid) = uid_of(object)
+            && self.by_uid.get(uid) == Some(key)
+        {
+            self.by_uid.remove(uid);
+        }
+        for owner in owner_uids(object) {
+            if let Some(dependents) = self.dependents.get_mut(owner) {
+                dependents.remove(key);
+                if dependents.is_empty() {
+                    self.dependents.remove(owner);
+                }
+            }
+        }
+    }
+}
+
+fn uid_of(object: &Value) -> Option<&str> {
+    object["metadata"]["uid"].as_str()
+}
+
+/// The uids in an object's ownerReferences.
+fn owner_uids(object: &Value) -> impl Iterator<Item = &str> {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str())
 }
 
 /// The store. All operations are atomic.
@@ -62,6 +121,8 @@ impl Store {
                 uids: 0,
                 resources: BTreeMap::new(),
                 objects: BTreeMap::new(),
+                by_uid: HashMap::new(),
+                dependents: HashMap::new(),
                 log: VecDeque::new(),
                 oldest_watchable: 0,
             }),
@@ -82,7 +143,15 @@ impl Store {
     pub fn unregister(&self, id: &ResourceId) {
         let mut inner = self.lock();
         inner.resources.remove(id);
-        inner.objects.retain(|(r, _, _), _| r != id);
+        let gone: Vec<Key> = inner
+            .objects
+            .keys()
+            .filter(|(r, _, _)| r == id)
+            .cloned()
+            .collect();
+        for key in gone {
+            inner.take(&key);
+        }
     }
 
     /// Every registered resource type.
@@ -129,7 +198,7 @@ impl Store {
             namespace: namespace.to_string(),
             resource_version: inner.revision,
             kind,
-            object,
+            object: std::sync::Arc::new(object),
             at: std::time::Instant::now(),
         };
         inner.log.push_back(event.clone());
@@ -189,7 +258,7 @@ impl Store {
         meta.insert("generation".into(), json!(1));
         meta.insert("resourceVersion".into(), json!(inner.revision.to_string()));
         meta.remove("deletionTimestamp");
-        inner.objects.insert(key, object.clone());
+        inner.put(key, object.clone());
         self.commit(
             &mut inner,
             resource,
@@ -302,7 +371,7 @@ impl Store {
             return Ok(current);
         }
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
-        let bumped = if without_meta_and_status(&next) != without_meta_and_status(&current) {
+        let bumped = if !same_but_meta_and_status(&next, &current) {
             generation + 1
         } else {
             generation
@@ -317,7 +386,7 @@ impl Store {
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
         if terminating && !finalizers_left {
-            inner.objects.remove(&key);
+            inner.take(&key);
             self.commit(
                 &mut inner,
                 resource,
@@ -326,7 +395,7 @@ impl Store {
                 next.clone(),
             );
         } else {
-            inner.objects.insert(key, next.clone());
+            inner.put(key, next.clone());
             self.commit(
                 &mut inner,
                 resource,
@@ -381,7 +450,7 @@ impl Store {
         if has_finalizers {
             meta.insert("deletionTimestamp".into(), json!(now()));
             meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-            inner.objects.insert(key, object.clone());
+            inner.put(key, object.clone());
             self.commit(
                 &mut inner,
                 resource,
@@ -390,7 +459,7 @@ impl Store {
                 object.clone(),
             );
         } else {
-            inner.objects.remove(&key);
+            inner.take(&key);
             self.commit(
                 &mut inner,
                 resource,
@@ -545,13 +614,19 @@ fn set_or_remove(object: &mut Value, key: &str, value: Option<Value>) {
     }
 }
 
-fn without_meta_and_status(object: &Value) -> Value {
-    let mut v = object.clone();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("metadata");
-        o.remove("status");
-    }
-    v
+/// Whether `a` and `b` differ only in metadata and status (what leaves
+/// `metadata.generation` alone), compared in place: an update is the
+/// server's commonest request, and cloning both objects to compare them
+/// cost more than the rest of it.
+fn same_but_meta_and_status(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let counted = |k: &String| k != "metadata" && k != "status";
+    a.keys().filter(|k| counted(k)).count() == b.keys().filter(|k| counted(k)).count()
+        && a.iter()
+            .filter(|(k, _)| counted(k))
+            .all(|(k, v)| b.get(k) == Some(v))
 }
 
 /// The current time as the API server writes timestamps.

@@ -86,7 +86,9 @@ pub struct WatchEvent {
     pub namespace: String,
     pub resource_version: u64,
     pub kind: EventType,
-    pub object: Value,
+    /// Shared by every watcher (and the log): a watch clones only the events
+    /// it sends, not every event of every resource it is handed.
+    pub object: std::sync::Arc<Value>,
     /// When it happened (for the watch-delay fault).
     pub at: std::time::Instant,
 }
