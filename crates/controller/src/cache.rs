@@ -57,6 +57,8 @@ pub struct Caches {
     pending: Mutex<HashMap<String, Vec<Pending>>>,
     /// Per set: the status last written and the set's resourceVersion after it.
     statuses: Mutex<HashMap<String, (String, DisaggregatedSetStatus)>>,
+    /// Per set: when its status was last written.
+    status_times: Mutex<HashMap<String, Instant>>,
     /// Whether both stores have listed, once one waiter has found out.
     listed: tokio::sync::OnceCell<bool>,
 }
@@ -87,6 +89,7 @@ impl Caches {
             scalers,
             pending: Mutex::default(),
             statuses: Mutex::default(),
+            status_times: Mutex::default(),
             listed: tokio::sync::OnceCell::new(),
         }
     }
@@ -173,6 +176,18 @@ impl Caches {
             .lock()
             .expect("statuses lock")
             .insert(key(set), (version, status));
+        self.status_times
+            .lock()
+            .expect("status times lock")
+            .insert(key(set), Instant::now());
+    }
+
+    /// How long until the set's status may be written again, if its last
+    /// write was less than `every` ago.
+    pub fn status_wait(&self, set: &DisaggregatedSet, every: Duration) -> Option<Duration> {
+        let times = self.status_times.lock().expect("status times lock");
+        let since = times.get(&key(set))?.elapsed();
+        (since < every).then(|| every - since)
     }
 
     /// The set as the operator knows it: the store's copy, with the status
@@ -203,6 +218,10 @@ impl Caches {
         self.statuses
             .lock()
             .expect("statuses lock")
+            .remove(&key(set));
+        self.status_times
+            .lock()
+            .expect("status times lock")
             .remove(&key(set));
     }
 }
@@ -362,6 +381,22 @@ mod tests {
         writer.apply_watcher_event(&Event::Delete(lws("llm-a", "9")));
         assert_eq!(caches.unmet(&set), None);
         assert_eq!(caches.children_of(&set).len(), 0);
+    }
+
+    #[test]
+    fn a_status_written_moments_ago_waits_out_the_interval() {
+        let (children, _w) = store::<LeaderWorkerSet>();
+        let (scalers, _s) = store::<DisaggregatedSetRoleScaler>();
+        let caches = Caches::new(children, scalers);
+        let set = Arc::new(set());
+        let every = Duration::from_secs(60);
+        assert_eq!(caches.status_wait(&set, every), None, "never written");
+        caches.wrote_status(&set, "11".into(), DisaggregatedSetStatus::default());
+        let wait = caches.status_wait(&set, every).expect("just written");
+        assert!(wait > Duration::from_secs(59) && wait <= every, "{wait:?}");
+        assert_eq!(caches.status_wait(&set, Duration::ZERO), None);
+        caches.forget(&set);
+        assert_eq!(caches.status_wait(&set, every), None, "a set that is gone");
     }
 
     #[test]

@@ -122,13 +122,22 @@ async fn reconcile_inner(
     };
     plan.after_writes(&failed);
     report(&plan.events);
+    let mut recheck = plan.recheck;
     if let Some(status) = plan.status_update() {
-        write_status(set, ctx, status).await?;
+        match ctx.caches.status_wait(set, STATUS_INTERVAL) {
+            // Written moments ago: the next write carries this change and
+            // whatever follows it within the interval (the children of a
+            // new set report ready one by one, within milliseconds).
+            Some(wait) => recheck = Some(recheck.map_or(wait, |r| r.min(wait))),
+            None => write_status(set, ctx, status).await?,
+        }
     }
-    Ok(plan
-        .recheck
-        .map_or_else(Requeue::await_change, Requeue::requeue))
+    Ok(recheck.map_or_else(Requeue::await_change, Requeue::requeue))
 }
+
+/// A set's status is written at most once per this interval; a change
+/// within it is written when it ends. Children's writes never wait for it.
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How the writes went.
 enum Executed {
