@@ -18,6 +18,7 @@ use disagg_api::lws::LeaderWorkerSet;
 use disagg_api::scaler::DisaggregatedSetRoleScaler;
 use disagg_api::set::{DisaggregatedSet, DisaggregatedSetStatus};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,9 @@ struct Pending {
 pub struct Caches {
     pub children: Store<LeaderWorkerSet>,
     pub scalers: Store<DisaggregatedSetRoleScaler>,
+    /// Which of the stores' objects are which set's.
+    child_index: Arc<Index>,
+    scaler_index: Arc<Index>,
     /// Per set (namespace/name): writes not yet seen.
     pending: Mutex<HashMap<String, Vec<Pending>>>,
     /// Per set: the status last written and the set's resourceVersion after it.
@@ -87,6 +91,8 @@ impl Caches {
         Caches {
             children,
             scalers,
+            child_index: Arc::default(),
+            scaler_index: Arc::default(),
             pending: Mutex::default(),
             statuses: Mutex::default(),
             status_times: Mutex::default(),
@@ -115,12 +121,17 @@ impl Caches {
 
     /// The set's children, as the store shows them.
     pub fn children_of(&self, set: &DisaggregatedSet) -> Vec<LeaderWorkerSet> {
-        owned(&self.children, set)
+        owned(&self.children, &self.child_index, set)
     }
 
     /// The set's scalers, as the store shows them.
     pub fn scalers_of(&self, set: &DisaggregatedSet) -> Vec<DisaggregatedSetRoleScaler> {
-        owned(&self.scalers, set)
+        owned(&self.scalers, &self.scaler_index, set)
+    }
+
+    /// The indexes the children's and the scalers' watches keep (see [`Index`]).
+    pub fn indexes(&self) -> (Arc<Index>, Arc<Index>) {
+        (self.child_index.clone(), self.scaler_index.clone())
     }
 
     /// Remembers a write the stores must show before the set is decided again.
@@ -227,19 +238,91 @@ impl Caches {
 }
 
 /// The objects of `store` labelled as the set's, in its namespace.
-fn owned<K>(store: &Store<K>, set: &DisaggregatedSet) -> Vec<K>
+/// The objects of `store` labelled as `set`'s, found through `index`.
+fn owned<K>(store: &Store<K>, index: &Index, set: &DisaggregatedSet) -> Vec<K>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    let (ns, name) = (set.namespace(), set.name_any());
-    store
-        .state_filter(|o| {
-            o.meta().namespace == ns
-                && o.meta().labels.as_ref().and_then(|l| l.get(keys::NAME)) == Some(&name)
-        })
-        .into_iter()
+    let owner = (set.namespace().unwrap_or_default(), set.name_any());
+    index
+        .names(&owner)
+        .iter()
+        .filter_map(|name| store.get(&ObjectRef::new(name).within(&owner.0)))
+        .filter(|o| owner_of(&**o).as_ref() == Some(&owner))
         .map(|o| (*o).clone())
         .collect()
+}
+
+/// The set (namespace, name) an object is labelled as belonging to.
+fn owner_of<K: Resource>(object: &K) -> Option<(String, String)> {
+    let set = object.meta().labels.as_ref()?.get(keys::NAME)?;
+    Some((
+        object.meta().namespace.clone().unwrap_or_default(),
+        set.clone(),
+    ))
+}
+
+/// Which objects of a store are which set's, by the set-name label. A
+/// reflector store answers "every object" only, and filtering thousands of
+/// children twice per reconcile was the operator's largest cost at 1,000
+/// sets. The watch that fills the store keeps the index: names are added
+/// before the store sees an object (so the index never misses one the store
+/// has) and removed after the store lets it go; reads check every name
+/// against the store, so a name the index still holds is harmless.
+#[derive(Default)]
+pub struct Index(Mutex<HashMap<(String, String), std::collections::BTreeSet<String>>>);
+
+impl Index {
+    /// Before the store applies `event`.
+    pub fn before_store<K: Resource>(&self, event: &watcher::Event<K>) {
+        if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) = event
+            && let Some(owner) = owner_of(o)
+        {
+            let mut index = self.0.lock().expect("index lock");
+            index.entry(owner).or_default().insert(o.name_any());
+        }
+    }
+
+    /// After the store has applied `event`: a deleted object's name goes;
+    /// after a relist, so do the names of objects the store no longer has
+    /// (deleted while the watch was down) or that moved to another set.
+    pub fn after_store<K>(&self, event: &watcher::Event<K>, store: &Store<K>)
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let mut index = self.0.lock().expect("index lock");
+        match event {
+            watcher::Event::Delete(o) => {
+                if let Some(owner) = owner_of(o)
+                    && let Some(names) = index.get_mut(&owner)
+                {
+                    names.remove(&o.name_any());
+                    if names.is_empty() {
+                        index.remove(&owner);
+                    }
+                }
+            }
+            watcher::Event::InitDone => {
+                index.retain(|owner, names| {
+                    names.retain(|name| {
+                        store
+                            .get(&ObjectRef::new(name).within(&owner.0))
+                            .is_some_and(|o| owner_of(&*o).as_ref() == Some(owner))
+                    });
+                    !names.is_empty()
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn names(&self, owner: &(String, String)) -> Vec<String> {
+        let index = self.0.lock().expect("index lock");
+        index
+            .get(owner)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// An object's resourceVersion in the store, and whether it is being deleted.
@@ -342,6 +425,59 @@ mod tests {
                 "waiter {i} still waiting 2 s after both stores listed"
             );
         }
+    }
+
+    /// What the watch does with each event: index, store, index.
+    fn watched(
+        writer: &mut kube::runtime::reflector::store::Writer<LeaderWorkerSet>,
+        index: &Index,
+        event: Event<LeaderWorkerSet>,
+    ) {
+        index.before_store(&event);
+        writer.apply_watcher_event(&event);
+        index.after_store(&event, &writer.as_reader());
+    }
+
+    fn names(children: Vec<LeaderWorkerSet>) -> Vec<String> {
+        children.iter().map(|c| c.name_any()).collect()
+    }
+
+    #[test]
+    fn a_sets_children_are_found_through_the_index_as_the_store_changes() {
+        let (children, mut writer) = store::<LeaderWorkerSet>();
+        let (scalers, _s) = store::<DisaggregatedSetRoleScaler>();
+        let caches = Caches::new(children, scalers);
+        let (index, _) = caches.indexes();
+        let set = set();
+        let mut other = lws("other-a", "3");
+        other.labels_mut().insert(keys::NAME.into(), "other".into());
+        watched(&mut writer, &index, Event::Apply(lws("llm-b", "4")));
+        watched(&mut writer, &index, Event::Apply(lws("llm-a", "5")));
+        watched(&mut writer, &index, Event::Apply(other.clone()));
+        assert_eq!(names(caches.children_of(&set)), ["llm-a", "llm-b"]);
+
+        watched(&mut writer, &index, Event::Delete(lws("llm-b", "6")));
+        assert_eq!(names(caches.children_of(&set)), ["llm-a"]);
+
+        // Relabelled to another set: no longer this set's.
+        let mut moved = lws("llm-a", "7");
+        moved.labels_mut().insert(keys::NAME.into(), "other".into());
+        watched(&mut writer, &index, Event::Apply(moved));
+        assert!(caches.children_of(&set).is_empty());
+
+        // A relist that no longer has what was deleted while the watch was
+        // down: the store and the index both drop it.
+        watched(&mut writer, &index, Event::Apply(lws("llm-c", "8")));
+        for event in [
+            Event::Init,
+            Event::InitApply(lws("llm-d", "9")),
+            Event::InitDone,
+        ] {
+            watched(&mut writer, &index, event);
+        }
+        assert_eq!(names(caches.children_of(&set)), ["llm-d"]);
+        assert_eq!(index.names(&("ns".into(), "llm".into())), ["llm-d"]);
+        assert!(index.names(&("ns".into(), "other".into())).is_empty());
     }
 
     #[test]

@@ -266,8 +266,18 @@ pub async fn run(
         Default::default(),
     )
     .inspect_ok(move |set| queued.triggered(set, true));
-    let (children, child_events) = owned(&client, cache::slim_child, &queue);
-    let (scalers, scaler_events) = owned(&client, cache::slim, &queue);
+    let (children, children_writer) = reflector::store();
+    let (scalers, scalers_writer) = reflector::store();
+    let caches = cache::Caches::new(children, scalers);
+    let (child_index, scaler_index) = caches.indexes();
+    let child_events = owned(
+        &client,
+        children_writer,
+        child_index,
+        cache::slim_child,
+        &queue,
+    );
+    let scaler_events = owned(&client, scalers_writer, scaler_index, cache::slim, &queue);
 
     let prometheus = match options.prometheus {
         Some(config) => Some(Arc::new(prometheus::Prometheus::new(
@@ -287,7 +297,7 @@ pub async fn run(
         default_plugins: options.default_plugins,
         backoff: backoff::Backoff::default(),
         health: health.clone(),
-        caches: cache::Caches::new(children, scalers),
+        caches,
     });
     let wake = futures::stream::unfold(
         wake,
@@ -347,16 +357,16 @@ pub async fn run(
     }
 }
 
-/// A store of every object of kind `K` labelled as some set's, slimmed by
-/// `slim`, and the stream of changes (any change) that fills it.
+/// The watch of every object of kind `K` labelled as some set's, slimmed by
+/// `slim`: it fills `writer`'s store and `index`, and its changes (any
+/// change) trigger the owning set's reconcile.
 fn owned<K>(
     client: &Client,
+    writer: reflector::store::Writer<K>,
+    index: Arc<cache::Index>,
     slim: fn(&mut K),
     queue: &Arc<queue::Queue>,
-) -> (
-    reflector::Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -366,20 +376,22 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
-    let events = watcher(
+    let store = writer.as_reader();
+    let indexed = index.clone();
+    watcher(
         Api::<K>::all(client.clone()),
         watcher::Config::default().labels(keys::NAME),
     )
     .default_backoff()
     .modify(slim)
+    .inspect_ok(move |event| index.before_store(event))
     .reflect(writer)
+    .inspect_ok(move |event| indexed.after_store(event, &store))
     .touched_objects()
     .inspect_ok({
         let queue = queue.clone();
         move |object| queue.triggered(object, false)
-    });
-    (store, events)
+    })
 }
 
 /// Conflicts are someone else's write landing first: retry at once. Anything
