@@ -173,13 +173,23 @@ pub fn handmade_component(extra_memory: bool, patch_body: &str, extra_funcs: &st
         .unwrap()
 }
 
-/// A hand-made component that is within the size limit but takes about 2 s
-/// to compile (one huge function); `patch-role` answers `ok(none)`.
+/// A hand-made component that is within the default size limit but takes
+/// about 2 s to compile (one huge function); `patch-role` answers `ok(none)`.
 pub fn compile_bomb() -> Vec<u8> {
+    compile_bomb_of(1)
+}
+
+/// A compile bomb of `functions` huge functions (3.8 MB and about 2 s of
+/// compiling each; one function may not be much bigger: Wasm caps a body
+/// at 7.6 MB); `patch-role` answers `ok(none)`.
+pub fn compile_bomb_of(functions: usize) -> Vec<u8> {
     let body: String =
         "(local.set 0 (i32.mul (local.get 0) (i32.add (local.get 0) (i32.const 7))))\n"
             .repeat(380_000);
-    handmade_component(false, "", &format!("(func $bomb (param i32) {body})"))
+    let funcs: String = (0..functions)
+        .map(|i| format!("(func $bomb{i} (param i32) {body})\n"))
+        .collect();
+    handmade_component(false, "", &funcs)
 }
 
 /// A `gate-step` request for set `llm` (revision abcd1234, slice 0) taking
