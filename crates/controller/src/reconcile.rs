@@ -124,10 +124,17 @@ async fn reconcile_inner(
     report(&plan.events);
     let mut recheck = plan.recheck;
     if let Some(status) = plan.status_update() {
-        match ctx.caches.status_wait(set, STATUS_INTERVAL) {
-            // Written moments ago: the next write carries this change and
-            // whatever follows it within the interval (the children of a
-            // new set report ready one by one, within milliseconds).
+        // A status that acknowledges a new generation goes out at once;
+        // one written moments ago makes the next wait, and that write
+        // carries this change and whatever follows it within the interval
+        // (the children of a new set report ready one by one, within
+        // milliseconds).
+        let acknowledges =
+            status.observed_generation != set.status.as_ref().and_then(|s| s.observed_generation);
+        let wait = (!acknowledges)
+            .then(|| ctx.caches.status_wait(set, STATUS_INTERVAL))
+            .flatten();
+        match wait {
             Some(wait) => recheck = Some(recheck.map_or(wait, |r| r.min(wait))),
             None => write_status(set, ctx, status).await?,
         }
@@ -136,7 +143,8 @@ async fn reconcile_inner(
 }
 
 /// A set's status is written at most once per this interval; a change
-/// within it is written when it ends. Children's writes never wait for it.
+/// within it is written when it ends, unless it acknowledges a new
+/// generation of the set. Children's writes never wait for it.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How the writes went.
