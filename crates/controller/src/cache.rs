@@ -237,7 +237,6 @@ impl Caches {
     }
 }
 
-/// The objects of `store` labelled as the set's, in its namespace.
 /// The objects of `store` labelled as `set`'s, found through `index`.
 fn owned<K>(store: &Store<K>, index: &Index, set: &DisaggregatedSet) -> Vec<K>
 where
@@ -396,6 +395,14 @@ mod tests {
         .unwrap()
     }
 
+    /// Caches over two empty stores that nothing writes to.
+    fn empty() -> Caches {
+        Caches::new(
+            store::<LeaderWorkerSet>().0,
+            store::<DisaggregatedSetRoleScaler>().0,
+        )
+    }
+
     /// Every reconcile of a starting operator waits for the stores' first
     /// list at once; all of them must go on when it arrives, not only the
     /// last to have looked (kube-runtime's own wait wakes one waiter).
@@ -521,9 +528,7 @@ mod tests {
 
     #[test]
     fn a_status_written_moments_ago_waits_out_the_interval() {
-        let (children, _w) = store::<LeaderWorkerSet>();
-        let (scalers, _s) = store::<DisaggregatedSetRoleScaler>();
-        let caches = Caches::new(children, scalers);
+        let caches = empty();
         let set = Arc::new(set());
         let every = Duration::from_secs(60);
         assert_eq!(caches.status_wait(&set, every), None, "never written");
@@ -537,9 +542,7 @@ mod tests {
 
     #[test]
     fn the_status_last_written_stands_in_until_the_store_shows_it() {
-        let (children, _w) = store::<LeaderWorkerSet>();
-        let (scalers, _s) = store::<DisaggregatedSetRoleScaler>();
-        let caches = Caches::new(children, scalers);
+        let caches = empty();
         let stale = Arc::new(set());
         let status = DisaggregatedSetStatus {
             observed_generation: Some(3),

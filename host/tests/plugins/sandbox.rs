@@ -355,16 +355,15 @@ fn the_memory_cap_counts_every_memory_of_the_component() {
 
 /// A component within the size limit but slow to compile (three huge
 /// functions, compiled one after another: 2–3 s of Cranelift each here) is
-/// refused at the compile deadline, and
-/// another plugin loading meanwhile on another thread is not held up by it.
+/// refused at the compile deadline, and another plugin loading meanwhile on
+/// another thread is not held up by it.
 #[test]
 fn a_compile_bomb_is_refused_at_its_deadline_and_holds_up_no_other_load() {
     // Long enough for a real component to compile next to the bomb on a
     // busy 2-core machine (rollout-gate: 1.0–1.7 s there in a debug build;
-    // 1,000 ms failed half the runs). The bomb is three times the default
-    // one, under a raised size limit, so that its own compile (2–3 s for
-    // the default one, which a 2,200 ms deadline once let through on a
-    // quiet machine) is far past the deadline whatever the machine's speed.
+    // 1,000 ms failed half the runs). One bomb function alone once compiled
+    // within 2,200 ms on a quiet machine; three, under a raised size limit,
+    // are far past it whatever the machine's speed.
     let deadline = Duration::from_millis(2200);
     let rt = Runtime::new(Limits {
         compile_deadline: deadline,

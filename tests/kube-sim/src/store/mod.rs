@@ -51,15 +51,7 @@ impl Inner {
         if let Some(old) = self.objects.remove(&key) {
             self.unindex(&key, &old);
         }
-        if let Some(uid) = uid_of(&object) {
-            self.by_uid.insert(uid.to_string(), key.clone());
-        }
-        for owner in owner_uids(&object) {
-            self.dependents
-                .entry(owner.to_string())
-                .or_default()
-                .insert(key.clone());
-        }
+        self.index(&key, &object);
         self.objects.insert(key, object);
     }
 
@@ -67,6 +59,18 @@ impl Inner {
         let old = self.objects.remove(key)?;
         self.unindex(key, &old);
         Some(old)
+    }
+
+    fn index(&mut self, key: &Key, object: &Value) {
+        if let Some(uid) = uid_of(object) {
+            self.by_uid.insert(uid.to_string(), key.clone());
+        }
+        for owner in owner_uids(object) {
+            self.dependents
+                .entry(owner.to_string())
+                .or_default()
+                .insert(key.clone());
+        }
     }
 
     fn unindex(&mut self, key: &Key, object: &Value) {
