@@ -631,13 +631,28 @@ fn step_actions(
             .map(|(_, r)| *r)
             .sum();
     }
+    // An old revision this step drains completely is deleted by this step,
+    // not scaled to 0 and deleted by the next reconcile (as `sort` deletes a
+    // revision found at 0): the same end state, with one write and one
+    // round trip fewer per child.
+    let gone: BTreeSet<&str> = old
+        .iter()
+        .filter(|o| {
+            o.children
+                .iter()
+                .all(|c| drains.iter().any(|(d, r)| d.name == c.name && *r == 0))
+        })
+        .map(|o| o.revision)
+        .collect();
     let (early, late): (Vec<_>, Vec<_>) = drains
         .into_iter()
-        .filter(|(c, r)| *r != c.replicas)
+        .filter(|(c, r)| *r != c.replicas || gone.contains(c.revision.as_str()))
         .map(|(c, r)| {
-            let action = Action::Scale {
-                name: c.name.clone(),
-                replicas: r,
+            let name = c.name.clone();
+            let action = if gone.contains(c.revision.as_str()) {
+                Action::Delete { name }
+            } else {
+                Action::Scale { name, replicas: r }
             };
             (drain_first.contains(&c.role), action)
         })

@@ -11,6 +11,10 @@ fn scale(name: &str, replicas: i32) -> Action {
     }
 }
 
+fn delete(name: &str) -> Action {
+    Action::Delete { name: name.into() }
+}
+
 #[test]
 fn steady_state_creates_missing_children_and_scales_others() {
     let t = target("new", &[("prefill", 2), ("decode", 3)]);
@@ -117,9 +121,10 @@ fn drains_the_newest_old_revision_first() {
     );
     let s = &decide(&t, &children).slices[0];
     assert_eq!(s.state, SliceState::Stepping);
+    // B drains completely in this step: it is deleted, not scaled to 0.
     assert_eq!(
         s.actions,
-        vec![scale("s-0-b-prefill", 0), scale("s-0-b-decode", 0)]
+        vec![delete("s-0-b-prefill"), delete("s-0-b-decode")]
     );
 }
 
@@ -140,13 +145,59 @@ fn an_old_revision_that_loses_a_role_loses_all_of_them() {
         ],
     );
     let s = &decide(&t, &children).slices[0];
-    assert!(s.actions.contains(&scale("s-0-b-prefill", 0)));
-    assert!(s.actions.contains(&scale("s-0-b-decode", 0)));
+    assert!(s.actions.contains(&delete("s-0-b-prefill")));
+    assert!(s.actions.contains(&delete("s-0-b-decode")));
     assert!(
         !s.actions
             .iter()
             .any(|a| matches!(a, Action::Scale { name, .. } if name.starts_with("s-0-a-")))
     );
+}
+
+#[test]
+fn the_last_step_deletes_the_old_children_rather_than_scaling_them_to_zero() {
+    // New is complete; the old revision has one replica left in two roles
+    // and none in the third: the step that drains it deletes all three.
+    let t = target("new", &[("encode", 2), ("prefill", 2), ("decode", 2)]);
+    let children = planned_for(
+        &t,
+        vec![
+            child("old", "encode", 0, Some(2), 1),
+            child("old", "prefill", 1, Some(2), 1),
+            child("old", "decode", 1, Some(2), 1),
+            child("new", "encode", 2, None, 2),
+            child("new", "prefill", 2, None, 2),
+            child("new", "decode", 2, None, 2),
+        ],
+    );
+    let s = &decide(&t, &children).slices[0];
+    assert_eq!(s.state, SliceState::Stepping);
+    let mut got = s.actions.clone();
+    got.sort_by_key(|a| format!("{a:?}"));
+    assert_eq!(
+        got,
+        vec![
+            delete("s-0-old-decode"),
+            delete("s-0-old-encode"),
+            delete("s-0-old-prefill")
+        ]
+    );
+    // A step that leaves the old revision replicas still scales it.
+    let children = planned_for(
+        &t,
+        vec![
+            child("old", "encode", 1, Some(2), 1),
+            child("old", "prefill", 2, Some(2), 1),
+            child("old", "decode", 2, Some(2), 1),
+            child("new", "encode", 1, None, 2),
+            child("new", "prefill", 1, None, 2),
+            child("new", "decode", 1, None, 2),
+        ],
+    );
+    let s = &decide(&t, &children).slices[0];
+    assert_eq!(s.state, SliceState::Stepping);
+    assert!(s.actions.iter().any(|a| matches!(a, Action::Scale { .. })));
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::Delete { .. })));
 }
 
 #[test]
