@@ -156,12 +156,10 @@ enum Executed {
     Raced,
 }
 
-/// Makes the plan's writes in order, except that a run of child writes goes
-/// out scope by scope at once ([`write_children`]). A child write the API
-/// server refuses (403, 422, a webhook's or a quota's denial, …) stops the
-/// rest of its scope's writes; the child backs off on its own, and the set
-/// reports it. A conflict or transport error fails the reconcile (it is
-/// retried).
+/// Makes the plan's writes in order. A child write the API server refuses
+/// (403, 422, a webhook's or a quota's denial, …) stops the rest of its
+/// scope's writes; the child backs off on its own, and the set reports it.
+/// A conflict or transport error fails the reconcile (it is retried).
 async fn execute(
     set: &DisaggregatedSet,
     ctx: &Context,
@@ -173,16 +171,7 @@ async fn execute(
     let ns = set.namespace().unwrap_or_default();
     let mut failed: Vec<WriteFailure> = Vec::new();
     let mut stopped: Vec<&Scope> = Vec::new();
-    let mut rest = writes;
-    while let Some((Planned { write, scope }, after)) = rest.split_first() {
-        if write.is_child() {
-            let run = after.iter().take_while(|p| p.write.is_child()).count() + 1;
-            let (children, after) = rest.split_at(run);
-            write_children(set, ctx, lws_api, children, made, &mut failed, &mut stopped).await?;
-            rest = after;
-            continue;
-        }
-        rest = after;
+    for Planned { write, scope } in writes {
         if scope.as_ref().is_some_and(|s| stopped.contains(&s)) {
             continue;
         }
@@ -195,122 +184,51 @@ async fn execute(
             }}});
             sets.patch(&set.name_any(), &ctx.patch_params(), &Patch::Merge(patch))
                 .await?;
-            made.record(ctx, write, std::time::Instant::now());
+            made.record(ctx, write);
             continue;
         }
-        match write_scaler(set, ctx, scaler_api, write, made).await {
-            Ok(()) => {}
-            Err(Error::Kube(kube::Error::Api(e)))
-                if e.code == 409 && matches!(write, Write::CreateScaler(_)) =>
-            {
-                return Ok(Executed::Raced);
+        if !write.is_child() {
+            match write_scaler(set, ctx, scaler_api, write, made).await {
+                Ok(()) => continue,
+                Err(Error::Kube(kube::Error::Api(e)))
+                    if e.code == 409 && matches!(write, Write::CreateScaler(_)) =>
+                {
+                    return Ok(Executed::Raced);
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
+        }
+        let key = format!("{ns}/{}", write.object());
+        if let Some(wait) = ctx.backoff.waiting(&key) {
+            failed.push(WriteFailure {
+                child: write.object().to_string(),
+                message: ctx.backoff.last(&key),
+                retry_in: wait,
+                new: false,
+            });
+            stopped.extend(scope);
+            continue;
+        }
+        match write_child(set, ctx, lws_api, write, made).await {
+            Ok(()) => ctx.backoff.succeeded(&key),
+            Err(e) => {
+                let Some(why) = refusal(&e) else {
+                    return Err(e);
+                };
+                let message = write.refused(&why);
+                let wait = ctx.backoff.failed(&key, &message);
+                tracing::warn!(set = %set.name_any(), child = %write.object(), "{message}");
+                failed.push(WriteFailure {
+                    child: write.object().to_string(),
+                    message,
+                    retry_in: wait,
+                    new: true,
+                });
+                stopped.extend(scope);
+            }
         }
     }
     Ok(Executed::Done(failed))
-}
-
-/// A run of child writes: each scope's in the plan's order (a refused write
-/// stops the rest of its scope), the scopes at once. A scope is one role of
-/// one slice, and what the planner orders (a drain before a scale-up, within
-/// the role's surge budget) is always within one; so a new set's children
-/// are created together, and a rollout step of three roles takes the time
-/// of its slowest role's writes rather than the sum of all.
-async fn write_children<'a>(
-    set: &DisaggregatedSet,
-    ctx: &Context,
-    api: &Api<LeaderWorkerSet>,
-    run: &'a [Planned],
-    made: &mut Made,
-    failed: &mut Vec<WriteFailure>,
-    stopped: &mut Vec<&'a Scope>,
-) -> Result<(), Error> {
-    let ns = set.namespace().unwrap_or_default();
-    // Unscoped writes go on their own.
-    let mut groups: Vec<(Option<&Scope>, Vec<&Write>)> = Vec::new();
-    for Planned { write, scope } in run {
-        let scope = scope.as_ref();
-        if scope.is_some_and(|s| stopped.contains(&s)) {
-            continue;
-        }
-        match groups.iter_mut().find(|(s, _)| s.is_some() && *s == scope) {
-            Some((_, writes)) => writes.push(write),
-            None => groups.push((scope, vec![write])),
-        }
-    }
-    let ns = &ns;
-    let outcomes = futures::future::join_all(groups.iter().map(|(_, writes)| async move {
-        let mut outcome = ScopeOutcome::default();
-        for &write in writes {
-            let key = format!("{ns}/{}", write.object());
-            if let Some(wait) = ctx.backoff.waiting(&key) {
-                outcome.refused = Some(WriteFailure {
-                    child: write.object().to_string(),
-                    message: ctx.backoff.last(&key),
-                    retry_in: wait,
-                    new: false,
-                });
-                break;
-            }
-            match write_child(set, ctx, api, write).await {
-                Ok(done) => {
-                    ctx.backoff.succeeded(&key);
-                    if done {
-                        outcome.done.push((write, std::time::Instant::now()));
-                    }
-                }
-                Err(e) => {
-                    let Some(why) = refusal(&e) else {
-                        outcome.error = Some(e);
-                        break;
-                    };
-                    let message = write.refused(&why);
-                    let wait = ctx.backoff.failed(&key, &message);
-                    tracing::warn!(set = %set.name_any(), child = %write.object(), "{message}");
-                    outcome.refused = Some(WriteFailure {
-                        child: write.object().to_string(),
-                        message,
-                        retry_in: wait,
-                        new: true,
-                    });
-                    break;
-                }
-            }
-        }
-        outcome
-    }))
-    .await;
-    // The step's first write is the earliest of any scope's.
-    let first = outcomes
-        .iter()
-        .flat_map(|o| &o.done)
-        .map(|(_, at)| *at)
-        .min();
-    let mut error = None;
-    for ((scope, _), outcome) in groups.iter().zip(outcomes) {
-        for (write, _) in outcome.done {
-            made.record(ctx, write, first.unwrap_or_else(std::time::Instant::now));
-        }
-        if let Some(refused) = outcome.refused {
-            failed.push(refused);
-            stopped.extend(*scope);
-        }
-        error = error.or(outcome.error);
-    }
-    error.map_or(Ok(()), Err)
-}
-
-/// What one scope's writes did.
-#[derive(Default)]
-struct ScopeOutcome<'a> {
-    /// The writes made, and when each was.
-    done: Vec<(&'a Write, std::time::Instant)>,
-    /// The write the API server refused (or that still backs off), which
-    /// stopped the scope.
-    refused: Option<WriteFailure>,
-    /// A conflict or transport error, which fails the reconcile.
-    error: Option<Error>,
 }
 
 /// What the API server said when it refused a write for good (not a
@@ -325,15 +243,15 @@ fn refusal(e: &Error) -> Option<String> {
     }
 }
 
-/// One write to a child; the store must show it before the set is decided
-/// again. `Ok(false)`: there was nothing to write to (the child is gone, or
-/// an earlier reconcile created it).
+/// One write to a child, and its Event; the store must show it before the
+/// set is decided again.
 async fn write_child(
     set: &DisaggregatedSet,
     ctx: &Context,
     api: &Api<LeaderWorkerSet>,
     write: &Write,
-) -> Result<bool, Error> {
+    made: &mut Made,
+) -> Result<(), Error> {
     let pp = ctx.patch_params();
     let name = write.object();
     let (done, version) = match write {
@@ -383,7 +301,10 @@ async fn write_child(
             version: version.flatten(),
         },
     );
-    Ok(done)
+    if done {
+        made.record(ctx, write);
+    }
+    Ok(())
 }
 
 /// One write to a scaler, and its Event; the store must show it before the
@@ -433,7 +354,7 @@ async fn write_scaler(
         },
     );
     if done {
-        made.record(ctx, write, std::time::Instant::now());
+        made.record(ctx, write);
     }
     Ok(())
 }
@@ -457,9 +378,9 @@ struct Made {
 }
 
 impl Made {
-    /// A write was made, at `at`: its Event, its step metric, and for the
-    /// first child write, the time since the event that caused the reconcile.
-    fn record(&mut self, ctx: &Context, write: &Write, at: std::time::Instant) {
+    /// A write was made: its Event, its step metric, and for the first
+    /// child write, the time since the event that caused the reconcile.
+    fn record(&mut self, ctx: &Context, write: &Write) {
         let action = match write {
             Write::CreateChild(_) => Some("create"),
             Write::ScaleChild { .. } => Some("scale"),
@@ -470,8 +391,7 @@ impl Made {
             ctx.metrics.step(action);
         }
         if write.is_child() && std::mem::take(&mut self.first) {
-            ctx.metrics
-                .step_latency(at.saturating_duration_since(self.queued));
+            ctx.metrics.step_latency(self.queued.elapsed());
         }
         self.events.extend(write.event());
     }
