@@ -17,7 +17,8 @@
 use crate::fields;
 use crate::store::{Filter, ResourceId, Store};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -90,32 +91,22 @@ pub fn spawn(store: Arc<Store>, controls: LwsSimControls) -> tokio::task::JoinHa
     let mut changes = controls.0.subscribe();
     tokio::spawn(async move {
         let mut state: HashMap<(String, String), Groups> = HashMap::new();
+        let mut due = Due::default();
         // Pick up what exists already.
         let mut dirty: Vec<(String, String)> = list_all(&store);
-        let mut checked = Instant::now();
         loop {
             let now = Instant::now();
             let config = controls.get();
             // Every group that became ready since the last pass, whatever woke
             // us (an event can win the race against the timer).
-            dirty.extend(due(&state, config.group_delay, checked, now));
-            checked = now;
+            dirty.extend(due.until(now));
             dirty.sort();
             dirty.dedup();
             for key in dirty.drain(..) {
-                sync(&store, &mut state, &key, &config, now);
+                sync(&store, &mut state, &mut due, &key, &config, now);
             }
             // Sleep until the next group becomes ready, or an LWS changes.
-            let next_ready = if config.group_delay.is_zero() {
-                None
-            } else {
-                state
-                    .values()
-                    .flat_map(|g| g.created.iter().map(|c| *c + config.group_delay))
-                    .filter(|t| *t > now)
-                    .min()
-            };
-            let wake = next_ready.unwrap_or(now + Duration::from_secs(3600));
+            let wake = due.next().unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
                 received = events.recv() => match received {
                     Ok(e) if e.resource == lws_resource() => {
@@ -127,7 +118,11 @@ pub fn spawn(store: Arc<Store>, controls: LwsSimControls) -> tokio::task::JoinHa
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tokio::time::sleep_until(wake) => {}
-                _ = changes.changed() => dirty = list_all(&store),
+                _ = changes.changed() => {
+                    // A new delay moves every group's ready moment.
+                    due = Due::of(&state, controls.get().group_delay);
+                    dirty = list_all(&store);
+                }
             }
         }
     })
@@ -151,28 +146,53 @@ fn list_all(store: &Store) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// The LWSs with a group becoming ready in `(after, upto]`.
-fn due(
-    state: &HashMap<(String, String), Groups>,
-    delay: Duration,
-    after: Instant,
-    upto: Instant,
-) -> Vec<(String, String)> {
-    state
-        .iter()
-        .filter(|(_, g)| {
-            g.created
-                .iter()
-                .any(|c| *c + delay > after && *c + delay <= upto)
-        })
-        .map(|(k, _)| k.clone())
-        .collect()
+/// When groups become ready, earliest first, and which LWS each is of: a
+/// pass looks at the LWSs whose moment has come, not at every LWS (which, per
+/// event, made the simulator quadratic in the number of LWSs).
+#[derive(Default)]
+struct Due(BinaryHeap<Reverse<(Instant, (String, String))>>);
+
+impl Due {
+    /// Every group not yet ready, at `delay` after its creation.
+    fn of(state: &HashMap<(String, String), Groups>, delay: Duration) -> Due {
+        let now = Instant::now();
+        let mut due = Due::default();
+        for (key, groups) in state {
+            for created in &groups.created {
+                if *created + delay > now {
+                    due.at(*created + delay, key);
+                }
+            }
+        }
+        due
+    }
+
+    fn at(&mut self, when: Instant, key: &(String, String)) {
+        self.0.push(Reverse((when, key.clone())));
+    }
+
+    /// The LWSs with a group ready by `now`, taken off the queue.
+    fn until(&mut self, now: Instant) -> Vec<(String, String)> {
+        let mut keys = Vec::new();
+        while self.0.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            if let Some(Reverse((_, key))) = self.0.pop() {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// When the next group becomes ready.
+    fn next(&self) -> Option<Instant> {
+        self.0.peek().map(|Reverse((t, _))| *t)
+    }
 }
 
 /// Brings one LWS's groups and status up to date.
 fn sync(
     store: &Store,
     state: &mut HashMap<(String, String), Groups>,
+    due: &mut Due,
     key: &(String, String),
     config: &LwsSimConfig,
     now: Instant,
@@ -196,6 +216,9 @@ fn sync(
         groups.created.clear();
     }
     groups.created.truncate(replicas);
+    if groups.created.len() < replicas && !config.group_delay.is_zero() {
+        due.at(now + config.group_delay, key);
+    }
     while groups.created.len() < replicas {
         groups.created.push(now);
     }
