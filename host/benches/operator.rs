@@ -511,52 +511,28 @@ async fn until_settled(sets: &Api<DisaggregatedSet>, which: impl Fn(&str) -> boo
     use kube::runtime::watcher::{self, Event};
     let mut done = std::collections::HashSet::new();
     let mut events = Box::pin(watcher::watcher(sets.clone(), watcher::Config::default()));
-    // The watch says when; a list backs it up after 5 s without an event
-    // (at 1,000 sets this in-process kube-sim's watch has fallen behind and
-    // missed the last updates, which a re-list sees; that is kube-sim's, not
-    // the operator's). Only when quiet: at 10,000 sets a list every 5 s was
-    // most of the server's CPU.
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.tick().await;
-    let mut heard = false;
     let wait = async {
-        loop {
-            tokio::select! {
-                event = events.try_next() => {
-                    heard = true;
-                    match event.unwrap().expect("the watch of sets ended") {
-                        Event::Init => done.clear(),
-                        Event::InitApply(s) | Event::Apply(s) => {
-                            let name = s.metadata.name.clone().unwrap_or_default();
-                            if which(&name) && settled(&s) {
-                                done.insert(name);
-                            } else {
-                                done.remove(&name);
-                            }
-                        }
-                        Event::Delete(s) => {
-                            done.remove(&s.metadata.name.clone().unwrap_or_default());
-                        }
-                        Event::InitDone => {}
+        while let Some(event) = events.try_next().await.unwrap() {
+            match event {
+                Event::Init => done.clear(),
+                Event::InitApply(s) | Event::Apply(s) => {
+                    let name = s.metadata.name.clone().unwrap_or_default();
+                    if which(&name) && settled(&s) {
+                        done.insert(name);
+                    } else {
+                        done.remove(&name);
                     }
                 }
-                _ = tick.tick() => {
-                    if std::mem::take(&mut heard) {
-                        continue;
-                    }
-                    let listed = sets.list(&ListParams::default()).await.unwrap();
-                    done = listed
-                        .items
-                        .iter()
-                        .filter(|s| which(s.metadata.name.as_deref().unwrap_or_default()) && settled(s))
-                        .map(|s| s.metadata.name.clone().unwrap_or_default())
-                        .collect();
+                Event::Delete(s) => {
+                    done.remove(&s.metadata.name.clone().unwrap_or_default());
                 }
+                Event::InitDone => {}
             }
             if done.len() >= count {
                 return;
             }
         }
+        panic!("the watch of sets ended");
     };
     tokio::time::timeout(Duration::from_secs(1800), wait)
         .await

@@ -13,6 +13,10 @@
 //! * Watch: every write appends to a log; a watch from resourceVersion N gets
 //!   the events after N, then live ones. Compaction drops the log, and a watch
 //!   from before it gets 410 Expired, as from etcd.
+//! * Paged lists: every page of one list shows the store as of its first page
+//!   and carries that page's resourceVersion, as etcd's MVCC reads do, so a
+//!   client that watches from a paged list's version misses no change made
+//!   while it paged (see [`Snapshot`]).
 
 use crate::selector::Selector;
 use serde_json::{Map, Value, json};
@@ -44,7 +48,26 @@ struct Inner {
     log: VecDeque<WatchEvent>,
     /// Watches from a version below this one get 410 Expired.
     oldest_watchable: u64,
+    /// The unserved pages of paged lists, newest last.
+    snapshots: VecDeque<Snapshot>,
+    snapshot_ids: u64,
 }
+
+/// What is left of a paged list after the pages served so far: the objects
+/// that matched it when its first page was served, in list order. The store
+/// has no MVCC, so it keeps them; etcd would read them at the list's
+/// revision. A list is dropped when its last page is served, and beyond the
+/// newest [`MAX_SNAPSHOTS`]; a continue token of one dropped gets 410
+/// Expired, as after a compaction, and the client lists again.
+struct Snapshot {
+    id: u64,
+    resource: ResourceId,
+    revision: u64,
+    rest: Vec<Value>,
+}
+
+/// How many unfinished paged lists the store keeps.
+const MAX_SNAPSHOTS: usize = 32;
 
 impl Inner {
     fn put(&mut self, key: Key, object: Value) {
@@ -71,6 +94,58 @@ impl Inner {
                 .or_default()
                 .insert(key.clone());
         }
+    }
+
+    /// The next page of a paged list: `token` is `revision/list/offset`.
+    fn next_page(
+        &mut self,
+        resource: &ResourceId,
+        filter: &Filter,
+        limit: usize,
+        token: &str,
+    ) -> Result<Page, StoreError> {
+        let parsed: Vec<u64> = token.split('/').filter_map(|p| p.parse().ok()).collect();
+        let [revision, id, offset] = parsed[..] else {
+            return Err(StoreError::new(
+                400,
+                "BadRequest",
+                format!("invalid continue token {token:?}"),
+            ));
+        };
+        let expired = || {
+            StoreError::new(410, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into())
+        };
+        if revision < self.oldest_watchable {
+            return Err(expired());
+        }
+        let at = self
+            .snapshots
+            .iter()
+            .position(|s| s.id == id && s.revision == revision && &s.resource == resource)
+            .ok_or_else(expired)?;
+        let rest = &self.snapshots[at].rest;
+        let offset = (offset as usize).min(rest.len());
+        let end = if limit == 0 {
+            rest.len()
+        } else {
+            (offset + limit).min(rest.len())
+        };
+        let items: Vec<Value> = rest[offset..end]
+            .iter()
+            .filter(|o| filter.matches(o["metadata"]["namespace"].as_str().unwrap_or_default(), o))
+            .cloned()
+            .collect();
+        let continue_token = if end < rest.len() {
+            Some(format!("{revision}/{id}/{end}"))
+        } else {
+            self.snapshots.remove(at);
+            None
+        };
+        Ok(Page {
+            items,
+            resource_version: revision,
+            continue_token,
+        })
     }
 
     fn unindex(&mut self, key: &Key, object: &Value) {
@@ -129,6 +204,8 @@ impl Store {
                 dependents: HashMap::new(),
                 log: VecDeque::new(),
                 oldest_watchable: 0,
+                snapshots: VecDeque::new(),
+                snapshot_ids: 0,
             }),
             events: broadcast::channel(65_536).0,
             max_log,
@@ -476,6 +553,7 @@ impl Store {
     }
 
     /// Lists objects, `limit` at a time (0: all), continuing from a token.
+    /// Every page of a list is as of its first page (see [`Snapshot`]).
     pub fn list(
         &self,
         resource: &ResourceId,
@@ -483,57 +561,42 @@ impl Store {
         limit: usize,
         continue_token: Option<&str>,
     ) -> Result<Page, StoreError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         Self::info(&inner, resource)?;
-        let after = match continue_token {
-            None | Some("") => None,
-            Some(token) => {
-                let mut parts = token.splitn(3, '/');
-                let (rv, ns, name) = (parts.next(), parts.next(), parts.next());
-                match (rv.and_then(|r| r.parse::<u64>().ok()), ns, name) {
-                    (Some(rv), Some(ns), Some(name)) => {
-                        if rv < inner.oldest_watchable {
-                            return Err(StoreError::new(410, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into()));
-                        }
-                        Some((ns.to_string(), name.to_string()))
-                    }
-                    _ => {
-                        return Err(StoreError::new(
-                            400,
-                            "BadRequest",
-                            format!("invalid continue token {token:?}"),
-                        ));
-                    }
-                }
-            }
-        };
-        let mut items = Vec::new();
-        let mut continue_token = None;
-        for ((res, ns, name), object) in inner
+        if let Some(token) = continue_token.filter(|t| !t.is_empty()) {
+            return inner.next_page(resource, filter, limit, token);
+        }
+        let mut items: Vec<Value> = inner
             .objects
             .range((resource.clone(), String::new(), String::new())..)
-        {
-            if res != resource {
-                break;
-            }
-            if after
-                .as_ref()
-                .is_some_and(|(ans, aname)| (ns, name) <= (ans, aname))
-                || !filter.matches(ns, object)
-            {
-                continue;
-            }
-            if limit > 0 && items.len() == limit {
-                let (lns, lname) = last_key(items.last());
-                continue_token = Some(format!("{}/{lns}/{lname}", inner.revision));
-                break;
-            }
-            items.push(object.clone());
+            .take_while(|((res, _, _), _)| res == resource)
+            .filter(|((_, ns, _), object)| filter.matches(ns, object))
+            .map(|(_, object)| object.clone())
+            .collect();
+        let revision = inner.revision;
+        if limit == 0 || items.len() <= limit {
+            return Ok(Page {
+                items,
+                resource_version: revision,
+                continue_token: None,
+            });
+        }
+        let rest = items.split_off(limit);
+        inner.snapshot_ids += 1;
+        let id = inner.snapshot_ids;
+        inner.snapshots.push_back(Snapshot {
+            id,
+            resource: resource.clone(),
+            revision,
+            rest,
+        });
+        while inner.snapshots.len() > MAX_SNAPSHOTS {
+            inner.snapshots.pop_front();
         }
         Ok(Page {
             items,
-            resource_version: inner.revision,
-            continue_token,
+            resource_version: revision,
+            continue_token: Some(format!("{revision}/{id}/0")),
         })
     }
 
@@ -586,18 +649,6 @@ impl Store {
         inner.log.clear();
         inner.oldest_watchable = inner.revision;
     }
-}
-
-fn last_key(item: Option<&Value>) -> (String, String) {
-    let m = item.map(|v| &v["metadata"]);
-    (
-        m.and_then(|m| m["namespace"].as_str())
-            .unwrap_or_default()
-            .to_string(),
-        m.and_then(|m| m["name"].as_str())
-            .unwrap_or_default()
-            .to_string(),
-    )
 }
 
 fn metadata(object: &mut Value) -> Result<&mut Map<String, Value>, StoreError> {
