@@ -335,25 +335,41 @@ pub async fn run(
                 tracing::debug!(error = %e, "reconcile");
             }
         });
+    // The controller (its watches, scheduler and every reconcile in flight)
+    // is one future. As a task it runs on the runtime's workers, beside the
+    // HTTP connections its requests wake, rather than on whichever thread
+    // called `run` (a `block_on` thread that is not a worker: every request
+    // and watch event would cross threads twice). Dropping the guard aborts
+    // it, as dropping the future did.
+    let mut controller = Aborting(tokio::spawn(controller));
     let Some(elector) = elector else {
-        controller.await;
+        let _ = (&mut controller.0).await;
         tracing::info!("stopped");
         return Ok(());
     };
-    let mut controller = Box::pin(controller);
     tokio::select! {
-        _ = &mut controller => {
+        _ = &mut controller.0 => {
             elector.release().await;
             tracing::info!("stopped; Lease released");
             Ok(())
         }
         _ = elector.keep() => {
             // Not a graceful stop: in-flight reconciles are dropped where
-            // they stand, so no write of theirs is sent after the loss.
+            // they stand (the task is aborted and waited for, so it makes no
+            // progress after this), and no write of theirs is sent after the loss.
             drop(lost_tx);
-            drop(controller);
+            controller.0.abort();
+            let _ = (&mut controller.0).await;
             Err("lost the leader Lease; exiting so that a fresh start rejoins the election".into())
         }
+    }
+}
+
+/// A task aborted when this is dropped.
+struct Aborting(tokio::task::JoinHandle<()>);
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
