@@ -191,14 +191,21 @@ async fn ready_every_lws(client: kube::Client) {
 /// group's readiness arriving) to the next write to one of its children's
 /// specs (a create, a replica change, a delete) — the first write of the
 /// next step. A set's first write after the watch starts is not counted
-/// (its ready moment predates the change that caused it).
-async fn step_latencies(lws: Api<LeaderWorkerSet>, samples: Arc<std::sync::Mutex<Vec<Duration>>>) {
+/// (its ready moment predates the change that caused it). `listed` is told
+/// when the watch has listed every child (at 10,000 sets that takes longer
+/// than 100 rollouts).
+async fn step_latencies(
+    lws: Api<LeaderWorkerSet>,
+    samples: Arc<std::sync::Mutex<Vec<Duration>>>,
+    listed: tokio::sync::oneshot::Sender<()>,
+) {
     use kube::runtime::watcher::{self, Event};
     use std::collections::{HashMap, HashSet};
     // name → (set, generation, ready)
     let mut children: HashMap<String, (String, i64, bool)> = HashMap::new();
     let mut ready_since: HashMap<String, Instant> = HashMap::new();
     let mut counting: HashSet<String> = HashSet::new();
+    let mut listed = Some(listed);
     let mut events = Box::pin(watcher::watcher(
         lws,
         watcher::Config::default().labels(keys::NAME),
@@ -209,7 +216,13 @@ async fn step_latencies(lws: Api<LeaderWorkerSet>, samples: Arc<std::sync::Mutex
             Event::InitApply(o) => (o, false, true),
             Event::Apply(o) => (o, false, false),
             Event::Delete(o) => (o, true, false),
-            Event::Init | Event::InitDone => continue,
+            Event::InitDone => {
+                if let Some(tell) = listed.take() {
+                    let _ = tell.send(());
+                }
+                continue;
+            }
+            Event::Init => continue,
         };
         let name = object.metadata.name.clone().unwrap_or_default();
         let set = object
@@ -649,11 +662,13 @@ async fn scale(n: usize, idle: Duration) {
         "path": "/spec/roles/0/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/image",
         "value": "example.com/encoder:v2"}]);
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tell, listed) = tokio::sync::oneshot::channel();
     let watching = tokio::spawn(step_latencies(
         Api::namespaced(c.client.clone(), "default"),
         samples.clone(),
+        tell,
     ));
-    tokio::time::sleep(Duration::from_secs(2)).await; // its initial list
+    listed.await.expect("the watch of the children lists them");
     let counts_before = operator.counts();
     let (server_cpu_before, cpu_before) = (c.server_cpu(), operator.cpu());
     let started = Instant::now();

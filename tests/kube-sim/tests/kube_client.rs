@@ -562,3 +562,48 @@ async fn answers_json_and_refuses_a_client_that_accepts_only_protobuf() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Every watch line names its type before its object, as the real server's
+/// do: serde (so kube-rs) reads the object straight into its type only when
+/// the type comes first, and otherwise buffers the whole object first.
+#[tokio::test]
+async fn watch_lines_put_the_type_before_the_object() {
+    let (client, store) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let a = api
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .unwrap();
+    let rv = a.metadata.resource_version.unwrap();
+    let watch = |query: String| {
+        let client = client.clone();
+        async move {
+            let path = format!(
+                "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=1&{query}"
+            );
+            let request = axum::http::Request::get(path).body(Vec::new()).unwrap();
+            client.request_text(request).await.unwrap()
+        }
+    };
+    // From a version (then a bookmark at the timeout), from the start, and
+    // from a compacted version.
+    let resumed = watch(format!("resourceVersion={rv}&allowWatchBookmarks=true")).await;
+    let listed = watch("resourceVersion=0".into()).await;
+    store.compact();
+    let expired = watch(format!("resourceVersion={rv}")).await;
+    let lines: Vec<&str> = resumed.lines().chain(listed.lines()).collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    for line in lines {
+        assert!(
+            line.starts_with(r#"{"type":""#) && line.contains(r#"","object":{"#),
+            "{line}"
+        );
+    }
+    assert!(
+        expired.starts_with(r#"{"type":"ERROR","object":{"#),
+        "{expired}"
+    );
+}

@@ -39,7 +39,7 @@ pub(super) async fn watch(
                     .to_string();
                 object = columns.table(std::slice::from_ref(&object), &rv);
             }
-            Bytes::from(format!("{}\n", json!({"type": type_, "object": object})))
+            event_line(type_, &object)
         }
     };
     // No version (or "0"): start with the current state as ADDED events.
@@ -56,7 +56,7 @@ pub(super) async fn watch(
         Ok(w) => w,
         Err(e) if e.code == 410 => {
             // Like the real server: a 200 stream carrying one ERROR event.
-            let body = format!("{}\n", json!({"type": "ERROR", "object": e.to_status()}));
+            let body = event_line("ERROR", &e.to_status());
             return Ok((
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -94,8 +94,8 @@ pub(super) async fn watch(
                         _ = tokio::time::sleep_until(deadline) => return None,
                         _ = drops.changed() => return None,
                         _ = tick, if bookmarks => {
-                            let mark = json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": last.to_string()}}});
-                            return Some((Bytes::from(format!("{mark}\n")), (rx, last, drops)));
+                            let mark = json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": last.to_string()}});
+                            return Some((event_line("BOOKMARK", &mark), (rx, last, drops)));
                         }
                         received = rx.recv() => match received {
                             Ok(WatchEvent { resource: r, namespace, resource_version, kind: k, object, at }) => {
@@ -126,4 +126,15 @@ pub(super) async fn watch(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// One line of a watch: `type` before `object`, as the real server writes
+/// it. (`json!` sorts keys, which put `object` first; serde, and so kube-rs,
+/// reads an event's object straight into its type only when it has read the
+/// `type` first, and otherwise buffers the whole object and reads it twice.)
+fn event_line(type_: &str, object: &Value) -> Bytes {
+    Bytes::from(format!(
+        "{{\"type\":{},\"object\":{object}}}\n",
+        Value::from(type_)
+    ))
 }
