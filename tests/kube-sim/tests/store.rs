@@ -325,6 +325,7 @@ fn every_page_of_a_list_is_as_of_its_first_and_a_watch_from_it_misses_nothing() 
     };
     let first = s.list(&cm, &Filter::default(), 2, None).unwrap();
     assert_eq!(names(&first), ["a", "b"]);
+    assert_eq!(first.remaining, Some(2));
     // Meanwhile: a changes (read already), c changes and d goes (not yet
     // read), e appears.
     for name in ["a", "c"] {
@@ -341,7 +342,7 @@ fn every_page_of_a_list_is_as_of_its_first_and_a_watch_from_it_misses_nothing() 
     assert_eq!(names(&second), ["c", "d"], "as of the first page");
     assert!(second.items[0]["data"].is_null(), "c as it was then");
     assert_eq!(second.resource_version, first.resource_version);
-    assert_eq!(second.continue_token, None);
+    assert_eq!((second.continue_token, second.remaining), (None, None));
     // The watch from the list's version brings every change since.
     let (backlog, _) = s
         .watch(&cm, &Filter::default(), second.resource_version)

@@ -111,6 +111,9 @@ pub(super) async fn serve(
             if let Some(c) = page.continue_token {
                 meta["continue"] = json!(c);
             }
+            if let Some(n) = page.remaining {
+                meta["remainingItemCount"] = json!(n);
+            }
             if let Some(columns) = &table {
                 let mut body = columns.table(&page.items, &page.resource_version.to_string());
                 body["metadata"] = meta;

@@ -135,7 +135,8 @@ impl Inner {
             .filter(|o| filter.matches(o["metadata"]["namespace"].as_str().unwrap_or_default(), o))
             .cloned()
             .collect();
-        let continue_token = if end < rest.len() {
+        let remaining = rest.len() - end;
+        let continue_token = if remaining > 0 {
             Some(format!("{revision}/{id}/{end}"))
         } else {
             self.snapshots.remove(at);
@@ -144,6 +145,7 @@ impl Inner {
         Ok(Page {
             items,
             resource_version: revision,
+            remaining: continue_token.is_some().then_some(remaining),
             continue_token,
         })
     }
@@ -579,9 +581,11 @@ impl Store {
                 items,
                 resource_version: revision,
                 continue_token: None,
+                remaining: None,
             });
         }
         let rest = items.split_off(limit);
+        let remaining = Some(rest.len());
         inner.snapshot_ids += 1;
         let id = inner.snapshot_ids;
         inner.snapshots.push_back(Snapshot {
@@ -597,6 +601,7 @@ impl Store {
             items,
             resource_version: revision,
             continue_token: Some(format!("{revision}/{id}/0")),
+            remaining,
         })
     }
 

@@ -182,6 +182,8 @@ pub struct Page {
     pub resource_version: u64,
     /// Pass back to get the next page.
     pub continue_token: Option<String>,
+    /// How many objects the pages after this one hold (with a continue token).
+    pub remaining: Option<usize>,
 }
 
 /// The fields of a (core v1) Event a field selector may name, as the API server's.
