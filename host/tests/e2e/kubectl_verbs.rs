@@ -18,7 +18,17 @@ struct Dev {
 }
 
 impl Drop for Dev {
+    /// Stops `disagg dev` as Ctrl-C would (SIGTERM; SIGKILL only if it is
+    /// still running 10 s later), so that it stops what it started: a
+    /// SIGKILL left its Prometheus running after every test run.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.process.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.process.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.process.kill();
         let _ = self.process.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -241,7 +251,7 @@ fn disagg_dev_starts_a_prometheus_that_scrapes_the_simulated_servers() {
     if !super::harness::prometheus_installed() {
         return;
     }
-    let (_dev, said) = Dev::start(
+    let (dev, said) = Dev::start(
         "dev-prometheus",
         &repo("examples/vllm-pd.yaml"),
         &["--prometheus"],
@@ -277,4 +287,10 @@ fn disagg_dev_starts_a_prometheus_that_scrapes_the_simulated_servers() {
         assert!(Instant::now() < deadline, "never scraped: {answer}");
         std::thread::sleep(Duration::from_millis(250));
     }
+    // Stopped, `disagg dev` leaves no Prometheus behind.
+    drop(dev);
+    assert!(
+        ureq::get(&format!("{prom}/-/ready")).call().is_err(),
+        "Prometheus still answers after disagg dev stopped"
+    );
 }
