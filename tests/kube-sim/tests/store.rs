@@ -31,6 +31,14 @@ fn lws() -> ResourceId {
     ResourceId::new("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
 }
 
+/// The names of a page's objects, in order.
+fn names(p: &kube_sim::store::Page) -> Vec<String> {
+    p.items
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn rv(v: &Value) -> u64 {
     v["metadata"]["resourceVersion"]
         .as_str()
@@ -236,12 +244,6 @@ fn lists_filter_by_namespace_labels_and_fields_and_paginate() {
         )
         .unwrap();
     }
-    let names = |p: &kube_sim::store::Page| {
-        p.items
-            .iter()
-            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
     let all = s.list(&cm, &Filter::default(), 0, None).unwrap();
     assert_eq!(names(&all), ["x1", "x2", "x3", "x4"]);
     assert_eq!(all.resource_version, s.revision());
@@ -317,12 +319,6 @@ fn every_page_of_a_list_is_as_of_its_first_and_a_watch_from_it_misses_nothing() 
         s.create(&cm, "ns", json!({"metadata": {"name": name}}))
             .unwrap();
     }
-    let names = |p: &kube_sim::store::Page| {
-        p.items
-            .iter()
-            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
     let first = s.list(&cm, &Filter::default(), 2, None).unwrap();
     assert_eq!(names(&first), ["a", "b"]);
     assert_eq!(first.remaining, Some(2));
