@@ -1,5 +1,5 @@
 //! One reconcile of one DisaggregatedSet: observe (its children and
-//! scalers), decide ([`disagg_core::decide`], with plugins, off the async
+//! scalers), decide ([`disagg_core::decide`]; with plugins, off the async
 //! threads), execute the plan's writes, and report (status, Events). Every
 //! write is idempotent and derived from what is observed, so a reconcile
 //! interrupted anywhere is finished by the next one.
