@@ -70,9 +70,10 @@ async fn reconcile_inner(
 
     // Decide. Plugin calls are blocking work (up to their deadline each):
     // off the async threads. A set bound to no plugin is decided in place,
-    // microseconds of pure computation not worth two thread hand-offs.
-    let plugins_bound =
-        !disagg_core::bindings::effective(&ctx.default_plugins, &set.spec.plugins).is_empty();
+    // microseconds of pure computation not worth two thread hand-offs. (A
+    // set's effective bindings are empty exactly when there are no default
+    // bindings and it has none of its own.)
+    let plugins_bound = !(ctx.default_plugins.is_empty() && set.spec.plugins.is_empty());
     let decide = {
         let (set, ctx) = (set.clone(), ctx.clone());
         move || {

@@ -500,6 +500,26 @@ mod tests {
         assert!(overrides(&defaults, &own).is_empty());
     }
 
+    /// The controller decides a set in place, off the blocking pool, when it
+    /// has no effective binding; that is exactly when there are no defaults
+    /// and the set binds nothing: overriding, turning off or colliding with
+    /// a mandatory default always leaves one binding.
+    #[test]
+    fn no_binding_is_effective_only_without_defaults_and_own_bindings() {
+        assert!(effective(&[], &[]).is_empty());
+        for (defaults, own) in [
+            (vec![default("gate", false)], vec![]),
+            (vec![], vec![binding("gate", None)]),
+            (
+                vec![default("gate", false)],
+                vec![binding("gate", Some(&[]))],
+            ),
+            (vec![default("gate", true)], vec![binding("gate", None)]),
+        ] {
+            assert_eq!(effective(&defaults, &own).len(), 1, "{defaults:?} {own:?}");
+        }
+    }
+
     /// Every way a set might touch a mandatory binding is refused by name, and
     /// the mandatory binding runs as configured.
     #[test]

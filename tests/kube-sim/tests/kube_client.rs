@@ -167,10 +167,9 @@ async fn the_watcher_sees_every_change_once() {
     );
 }
 
-#[tokio::test]
-async fn a_watch_from_a_compacted_version_gets_410_as_an_error_event() {
-    let (client, store) = start().await;
-    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+/// Creates ConfigMaps `a` and `b`; returns the resourceVersion `a` was
+/// created at (so a watch from it sees `b`'s creation).
+async fn two_configmaps(api: &Api<ConfigMap>) -> String {
     let a = api
         .create(&PostParams::default(), &cm("a", json!({})))
         .await
@@ -178,8 +177,15 @@ async fn a_watch_from_a_compacted_version_gets_410_as_an_error_event() {
     api.create(&PostParams::default(), &cm("b", json!({})))
         .await
         .unwrap();
+    a.metadata.resource_version.unwrap()
+}
+
+#[tokio::test]
+async fn a_watch_from_a_compacted_version_gets_410_as_an_error_event() {
+    let (client, store) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let rv = two_configmaps(&api).await;
     store.compact();
-    let rv = a.metadata.resource_version.unwrap();
     let mut stream = api
         .watch(&WatchParams::default(), &rv)
         .await
@@ -570,14 +576,7 @@ async fn answers_json_and_refuses_a_client_that_accepts_only_protobuf() {
 async fn watch_lines_put_the_type_before_the_object() {
     let (client, store) = start().await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let a = api
-        .create(&PostParams::default(), &cm("a", json!({})))
-        .await
-        .unwrap();
-    api.create(&PostParams::default(), &cm("b", json!({})))
-        .await
-        .unwrap();
-    let rv = a.metadata.resource_version.unwrap();
+    let rv = two_configmaps(&api).await;
     let watch = |query: String| {
         let client = client.clone();
         async move {
