@@ -194,6 +194,10 @@ enum PluginCommand {
         /// The binding's config as JSON (default: the set's binding of the plugin, or {}).
         #[arg(long, requires = "set")]
         config: Option<String>,
+        /// The call's deadline in ms (default: the operator's, 100). Raise it to see
+        /// how long a call that times out really takes.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        deadline_ms: Option<u64>,
     },
     /// Write a buildable plugin skeleton with a test: a rollout gate in Rust, C or JavaScript.
     New {
@@ -405,6 +409,7 @@ fn main() -> ExitCode {
                     set,
                     role,
                     config,
+                    deadline_ms,
                 },
         } => {
             init_logs(false, "info");
@@ -415,6 +420,7 @@ fn main() -> ExitCode {
                 set: set.as_deref(),
                 role: role.as_deref(),
                 config: config.as_deref(),
+                deadline: deadline_ms.map(std::time::Duration::from_millis),
             })
             .map_err(|e| match e {
                 disagg::plugin_run::Failed::Input(e) => CliError::Input(input_error(&file, e)),

@@ -25,6 +25,8 @@ pub struct Call<'a> {
     pub role: Option<&'a str>,
     /// The binding's config (default: the set's binding of this plugin, or `{}`).
     pub config: Option<&'a str>,
+    /// The call's deadline (default: the operator's).
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// Why a run printed no answer.
@@ -62,7 +64,11 @@ pub fn run(call: &Call<'_>) -> Result<String, Failed> {
         .and_then(|n| n.to_str())
         .map(|n| n.trim_end_matches(".gz").trim_end_matches(".wasm"))
         .unwrap_or("plugin");
-    let runtime = Runtime::new(Limits::for_tools())?;
+    let tools = Limits::for_tools();
+    let runtime = Runtime::new(Limits {
+        deadline: call.deadline.unwrap_or(tools.deadline),
+        ..tools
+    })?;
     let plugin = runtime
         .load(name, &bytes)
         .map_err(|e| format!("{}: {e}", call.file.display()))?;

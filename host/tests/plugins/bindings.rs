@@ -191,7 +191,8 @@ fn a_digest_pin_only_ever_runs_that_component() {
 }
 
 /// `disagg plugin run --set`: the request the operator would send for a
-/// set's role; a failing plugin is exit code 1, bad input 2.
+/// set's role; a failing plugin is exit code 1, bad input 2; `--deadline-ms`
+/// sets the call's deadline.
 #[test]
 fn cli_plugin_run_calls_a_hook_as_the_operator_would() {
     let rp = component("role-profile");
@@ -234,6 +235,23 @@ fn cli_plugin_run_calls_a_hook_as_the_operator_would() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 100 ms"));
+    // --deadline-ms replaces the operator's deadline (to see how long a slow call really takes).
+    let out = disagg(&[
+        "plugin",
+        "run",
+        hostile.to_str().unwrap(),
+        "--hook",
+        "patch-role",
+        "--set",
+        set.to_str().unwrap(),
+        "--config",
+        r#"{"mode": "loop"}"#,
+        "--deadline-ms",
+        "250",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("timed out after 250 ms"), "{said}");
 
     let out = disagg(&[
         "plugin",
