@@ -408,7 +408,9 @@ impl Operator {
                         && l.starts_with(&format!("verb=\"{v}\""))
                 })
             }),
-            reconciles: sum("disagg_reconciles_total{", &|_| true),
+            // Each reconcile is counted once: decided (ok, error) or deferred.
+            reconciles: sum("disagg_reconciles_total{", &|l| !l.contains("deferred")),
+            deferred: sum("disagg_reconciles_total{", &|l| l.contains("deferred")),
             step_buckets: text
                 .lines()
                 .filter_map(|l| l.strip_prefix("disagg_step_latency_seconds_bucket{le=\""))
@@ -449,7 +451,10 @@ struct Counts {
     child_writes: u64,
     /// LWS creates, patches and deletes.
     child_verbs: [u64; 3],
+    /// Reconciles that decided (or failed).
     reconciles: u64,
+    /// Reconciles that did not decide: the stores had not shown the set's last writes.
+    deferred: u64,
     /// `disagg_step_latency_seconds` buckets: (upper bound in s, cumulative count).
     step_buckets: Vec<(f64, u64)>,
 }
@@ -469,6 +474,7 @@ impl std::ops::Sub for Counts {
             child_writes: self.child_writes - o.child_writes,
             child_verbs: [0, 1, 2].map(|i| self.child_verbs[i] - o.child_verbs[i]),
             reconciles: self.reconciles - o.reconciles,
+            deferred: self.deferred - o.deferred,
             step_buckets: self
                 .step_buckets
                 .iter()
@@ -734,14 +740,16 @@ async fn scale(n: usize, idle: Duration) {
         "CPU: creating: operator {create_cpu:.2?}, API server {create_server_cpu:.2?}; rolling: operator {roll_cpu:.2?}, API server {roll_server_cpu:.2?} (on kube-sim: this benchmark's process, kube-sim and its watches)"
     );
     println!(
-        "operator requests: creating {n} sets: {} reads over {} reconciles ({:.3}/reconcile), {:.2} status writes/set, {:.2} LWS writes/set; rolling {rolled}: {} reads over {} reconciles, {:.2} status writes/set, {:.2} LWS writes/set",
+        "operator requests: creating {n} sets: {} reads over {} reconciles ({:.3}/reconcile; {} more deferred), {:.2} status writes/set, {:.2} LWS writes/set; rolling {rolled}: {} reads over {} reconciles ({} more deferred), {:.2} status writes/set, {:.2} LWS writes/set",
         created.reads,
         created.reconciles,
         per(created.reads, created.reconciles),
+        created.deferred,
         per(created.status_writes, n as u64),
         per(created.child_writes, n as u64),
         rolling.reads,
         rolling.reconciles,
+        rolling.deferred,
         per(rolling.status_writes, rolled as u64),
         per(rolling.child_writes, rolled as u64),
     );
@@ -750,7 +758,7 @@ async fn scale(n: usize, idle: Duration) {
         "LWS writes per rollout of 3 roles (2/4/6 replicas, 6 steps): {creates:.2} creates, {patches:.2} patches (of them 3 record where the rollout began), {deletes:.2} deletes"
     );
     println!(
-        "BENCH operator_scale sets={n} available_s={:.3} bare_s={:.3} ratio={ratio:.2} operator_writes={operator_writes} idle_reads_per_min={idle_reads:.0} idle_writes_per_min={idle_writes:.0} idle_cpu_s_per_min={idle_cpu:.3} rollouts={rolled} rollouts_s={:.3} peak_rss_mib={:.1} peak_anon_rss_mib={:.1} reads_per_reconcile={:.3} status_writes_per_set={:.2} reconciles_per_set={:.2} rollout_lws_writes_per_set={:.2} rollout_status_writes_per_set={:.2} step_p50_ms={:.1} step_p99_ms={:.1} own_step_p50_ms_le={} own_step_p99_ms_le={} server={} create_cpu_s={:.2} create_server_cpu_s={:.2} roll_cpu_s={:.2} roll_server_cpu_s={:.2}",
+        "BENCH operator_scale sets={n} available_s={:.3} bare_s={:.3} ratio={ratio:.2} operator_writes={operator_writes} idle_reads_per_min={idle_reads:.0} idle_writes_per_min={idle_writes:.0} idle_cpu_s_per_min={idle_cpu:.3} rollouts={rolled} rollouts_s={:.3} peak_rss_mib={:.1} peak_anon_rss_mib={:.1} reads_per_reconcile={:.3} status_writes_per_set={:.2} reconciles_per_set={:.2} deferred_per_set={:.2} rollout_reconciles_per_set={:.2} rollout_deferred_per_set={:.2} rollout_lws_writes_per_set={:.2} rollout_status_writes_per_set={:.2} step_p50_ms={:.1} step_p99_ms={:.1} own_step_p50_ms_le={} own_step_p99_ms_le={} server={} create_cpu_s={:.2} create_server_cpu_s={:.2} roll_cpu_s={:.2} roll_server_cpu_s={:.2}",
         took.as_secs_f64(),
         bare.as_secs_f64(),
         rollouts.as_secs_f64(),
@@ -762,6 +770,9 @@ async fn scale(n: usize, idle: Duration) {
         ),
         per(created.status_writes, n as u64),
         per(created.reconciles, n as u64),
+        per(created.deferred, n as u64),
+        per(rolling.reconciles, rolled as u64),
+        per(rolling.deferred, rolled as u64),
         per(rolling.child_writes, rolled as u64),
         per(rolling.status_writes, rolled as u64),
         step_p50.as_secs_f64() * 1000.0,

@@ -8,6 +8,17 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
+/// How a reconcile ended (`disagg_reconciles_total`'s `result`).
+pub enum Ended<'a> {
+    /// `ok`: it decided, and made the writes its decision called for.
+    Decided,
+    /// `deferred`: it did not decide, because the stores had not shown the
+    /// set's last writes yet (`cache`); the event that shows them triggers the next.
+    Deferred,
+    /// `error`: it failed, and is retried (`disagg_reconcile_errors_total` says why).
+    Failed(&'a super::Error),
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     result: &'static str,
@@ -72,7 +83,7 @@ impl Default for Metrics {
             });
         registry.register(
             "reconciles",
-            "Reconciles of DisaggregatedSets, by result",
+            "Reconciles of DisaggregatedSets, each counted once by how it ended: ok (decided), deferred (waited for its watches to show its last writes), error",
             reconciles.clone(),
         );
         registry.register(
@@ -165,14 +176,6 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// A reconcile that did not decide, because the stores had not shown
-    /// the set's last writes yet (`cache`).
-    pub fn deferred(&self) {
-        self.reconciles
-            .get_or_create(&Outcome { result: "deferred" })
-            .inc();
-    }
-
     /// Counts a reconcile as running until the guard drops.
     pub fn running(&self) -> impl Drop + '_ {
         struct Running<'a>(&'a Gauge);
@@ -208,11 +211,16 @@ impl Metrics {
             .inc();
     }
 
-    pub fn reconciled(&self, took: Duration, error: Option<&super::Error>) {
+    /// One reconcile, counted once by how it ended.
+    pub fn reconciled(&self, took: Duration, ended: Ended<'_>) {
         self.duration.observe(took.as_secs_f64());
-        let result = if error.is_some() { "error" } else { "ok" };
+        let result = match ended {
+            Ended::Decided => "ok",
+            Ended::Deferred => "deferred",
+            Ended::Failed(_) => "error",
+        };
         self.reconciles.get_or_create(&Outcome { result }).inc();
-        if let Some(e) = error {
+        if let Ended::Failed(e) = ended {
             self.errors
                 .get_or_create(&ErrorKind { kind: e.kind() })
                 .inc();
@@ -297,7 +305,9 @@ mod tests {
     #[test]
     fn exposes_reconciles_steps_and_plugin_calls() {
         let m = Metrics::default();
-        m.reconciled(Duration::from_millis(2), None);
+        m.reconciled(Duration::from_millis(2), Ended::Decided);
+        m.reconciled(Duration::from_millis(1), Ended::Deferred);
+        m.reconciled(Duration::from_millis(1), Ended::Deferred);
         m.step("create");
         m.plugin_call(
             "rollout-gate",
@@ -309,6 +319,11 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(r#"disagg_reconciles_total{result="ok"} 1"#),
+            "{text}"
+        );
+        // A deferred reconcile is counted as deferred only, not also as ok.
+        assert!(
+            text.contains(r#"disagg_reconciles_total{result="deferred"} 2"#),
             "{text}"
         );
         assert!(

@@ -5,6 +5,7 @@
 //! interrupted anywhere is finished by the next one.
 
 use super::cache::{Expectation, Kind};
+use super::metrics::Ended;
 use super::{Context, Error, FIELD_MANAGER};
 use disagg_api::keys;
 use disagg_api::lws::LeaderWorkerSet;
@@ -32,9 +33,21 @@ pub async fn reconcile(set: Arc<DisaggregatedSet>, ctx: Arc<Context>) -> Result<
         set.name_any()
     ));
     let result = reconcile_inner(&set, &ctx, queued).await;
-    ctx.metrics
-        .reconciled(started.elapsed(), result.as_ref().err());
-    result
+    let ended = match &result {
+        Ok(Ran::Decided(_)) => Ended::Decided,
+        Ok(Ran::Deferred(_)) => Ended::Deferred,
+        Err(e) => Ended::Failed(e),
+    };
+    ctx.metrics.reconciled(started.elapsed(), ended);
+    result.map(|(Ran::Decided(then) | Ran::Deferred(then))| then)
+}
+
+/// How a reconcile that did not fail ended, and when to reconcile again.
+enum Ran {
+    /// It decided (and made what writes the decision called for).
+    Decided(Requeue),
+    /// It did not decide: the stores have not shown the set's last writes.
+    Deferred(Requeue),
 }
 
 /// `queued`: when the watch event that caused this reconcile arrived.
@@ -42,11 +55,11 @@ async fn reconcile_inner(
     set: &Arc<DisaggregatedSet>,
     ctx: &Arc<Context>,
     queued: std::time::Instant,
-) -> Result<Requeue, Error> {
+) -> Result<Ran, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         // Garbage collection takes the children with the set.
         ctx.caches.forget(set);
-        return Ok(Requeue::await_change());
+        return Ok(Ran::Decided(Requeue::await_change()));
     }
     let ns = set.namespace().unwrap_or_default();
     let lws_api: Api<LeaderWorkerSet> = Api::namespaced(ctx.client.clone(), &ns);
@@ -61,8 +74,7 @@ async fn reconcile_inner(
         ));
     }
     if let Some(wait) = ctx.caches.unmet(set) {
-        ctx.metrics.deferred();
-        return Ok(Requeue::requeue(wait));
+        return Ok(Ran::Deferred(Requeue::requeue(wait)));
     }
     let set = &ctx.caches.freshest(set);
     let children = ctx.caches.children_of(set);
@@ -123,7 +135,7 @@ async fn reconcile_inner(
         Ok(Executed::Done(failed)) => failed,
         Ok(Executed::Raced) => {
             report(&[]);
-            return Ok(Requeue::requeue(Duration::from_millis(100)));
+            return Ok(Ran::Decided(Requeue::requeue(Duration::from_millis(100))));
         }
         Err(e) => {
             report(&[]);
@@ -149,7 +161,9 @@ async fn reconcile_inner(
             None => write_status(set, ctx, status).await?,
         }
     }
-    Ok(recheck.map_or_else(Requeue::await_change, Requeue::requeue))
+    Ok(Ran::Decided(
+        recheck.map_or_else(Requeue::await_change, Requeue::requeue),
+    ))
 }
 
 /// A set's status is written at most once per this interval; a change
