@@ -354,6 +354,44 @@ async fn deleting_an_owner_collects_its_dependents_unless_orphaned() {
     assert!(gone(&api, "shared").await, "its last owner went");
 }
 
+/// An apply body may be YAML (as `curl --data-binary @cm.yaml` sends it) or
+/// JSON (as every client library does); both apply the same, and a body
+/// that is neither is a 400.
+#[tokio::test]
+async fn an_apply_body_may_be_yaml_or_json() {
+    let (client, _) = start().await;
+    let apply = |name: &str, body: String| {
+        axum::http::Request::patch(format!(
+            "/api/v1/namespaces/default/configmaps/{name}?fieldManager=me"
+        ))
+        .header("content-type", "application/apply-patch+yaml")
+        .body(body.into_bytes())
+        .unwrap()
+    };
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\ndata:\n  a: \"1\"\n";
+    let json = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "j"}, "data": {"a": "1"}});
+    for (name, body) in [("y", yaml.to_string()), ("j", json.to_string())] {
+        client.request_text(apply(name, body)).await.unwrap();
+    }
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for name in ["y", "j"] {
+        let cm = api.get(name).await.unwrap();
+        assert_eq!(cm.data.unwrap()["a"], "1", "{name}");
+        assert_eq!(
+            cm.metadata.managed_fields.unwrap()[0].operation.as_deref(),
+            Some("Apply")
+        );
+    }
+    let err = client
+        .request_text(apply("bad", "{not: [json".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 400 && s.message.contains("not YAML or JSON")),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn server_side_apply_tracks_owners_conflicts_and_force() {
     let (client, _) = start().await;

@@ -261,8 +261,13 @@ pub(super) fn parse_applied(
     info: &ResourceInfo,
     name: &str,
 ) -> Result<Value, StoreError> {
-    let applied: Value = serde_yaml_ng::from_slice(body)
-        .map_err(|e| bad_request(format!("the apply body is not YAML or JSON: {e}")))?;
+    // Clients send JSON (kube-rs, client-go, kubectl), which the YAML
+    // parser reads too, at several times the cost; YAML is the fallback.
+    let applied: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => serde_yaml_ng::from_slice(body)
+            .map_err(|e| bad_request(format!("the apply body is not YAML or JSON: {e}")))?,
+    };
     let invalid = |m: String| StoreError {
         code: 422,
         reason: "Invalid",
