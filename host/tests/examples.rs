@@ -119,17 +119,16 @@ fn check(name: &str, path: &std::path::Path) {
 
 /// `disagg plugin run FILE --hook gate-step --request REQUEST`'s report; the run must succeed.
 fn gate_step_report(wasm: &std::path::Path, request: &std::path::Path) -> serde_json::Value {
-    let out = common::disagg(&[
-        "plugin",
-        "run",
-        wasm.to_str().unwrap(),
-        "--hook",
+    let out = common::plugin_run(
+        wasm,
         "gate-step",
-        "--request",
-        request.to_str().unwrap(),
-        "--deadline-ms",
-        &DEADLINE.as_millis().to_string(),
-    ]);
+        &[
+            "--request",
+            request.to_str().unwrap(),
+            "--deadline-ms",
+            &DEADLINE.as_millis().to_string(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}: {}",

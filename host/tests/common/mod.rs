@@ -16,6 +16,13 @@ pub fn disagg(args: &[&str]) -> std::process::Output {
         .expect("run disagg")
 }
 
+/// `disagg plugin run FILE --hook HOOK ARGS...`.
+pub fn plugin_run(file: &std::path::Path, hook: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["plugin", "run", file.to_str().unwrap(), "--hook", hook];
+    all.extend(args);
+    disagg(&all)
+}
+
 /// Every guest crate of the workspace, built for wasm32-wasip2 with the `plugin` profile.
 pub const GUESTS: &[&str] = &[
     "role-profile",

@@ -197,17 +197,11 @@ fn a_digest_pin_only_ever_runs_that_component() {
 fn cli_plugin_run_calls_a_hook_as_the_operator_would() {
     let rp = component("role-profile");
     let set = repo("examples/vllm-pd-plugins.yaml");
-    let out = disagg(&[
-        "plugin",
-        "run",
-        rp.to_str().unwrap(),
-        "--hook",
+    let out = plugin_run(
+        &rp,
         "patch-role",
-        "--set",
-        set.to_str().unwrap(),
-        "--role",
-        "decode",
-    ]);
+        &["--set", set.to_str().unwrap(), "--role", "decode"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -229,32 +223,19 @@ fn cli_plugin_run_calls_a_hook_as_the_operator_would() {
         (&["--deadline-ms", "250"][..], "timed out after 250 ms"),
     ] {
         let mut args = vec![
-            "plugin",
-            "run",
-            hostile.to_str().unwrap(),
-            "--hook",
-            "patch-role",
             "--set",
             set.to_str().unwrap(),
             "--config",
             r#"{"mode": "loop"}"#,
         ];
         args.extend(extra);
-        let out = disagg(&args);
+        let out = plugin_run(&hostile, "patch-role", &args);
         assert_eq!(out.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(said), "{stderr}");
     }
 
-    let out = disagg(&[
-        "plugin",
-        "run",
-        rp.to_str().unwrap(),
-        "--hook",
-        "gate-step",
-        "--set",
-        set.to_str().unwrap(),
-    ]);
+    let out = plugin_run(&rp, "gate-step", &["--set", set.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("gate-step needs --request"));
 }

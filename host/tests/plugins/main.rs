@@ -7,7 +7,7 @@ mod common;
 mod sandbox;
 mod shipped;
 
-use common::{component, disagg, handmade_component, read, repo};
+use common::{component, disagg, handmade_component, plugin_run, read, repo};
 use disagg::core::patch::{LwsPatch, apply};
 use disagg::core::render::render_child;
 use disagg::core::revision::revision;
