@@ -194,8 +194,8 @@ enum PluginCommand {
         /// The binding's config as JSON (default: the set's binding of the plugin, or {}).
         #[arg(long, requires = "set")]
         config: Option<String>,
-        /// The call's deadline in ms (default: the operator's, 100). Raise it to see
-        /// how long a call that times out really takes.
+        /// The call's deadline in ms of its own time, CPU and waits (default: the
+        /// operator's, 100). Raise it to see how long a call that times out really takes.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
         deadline_ms: Option<u64>,
     },

@@ -58,9 +58,9 @@ pub struct Failure {
     pub reason: &'static str,
     pub message: String,
     /// The plugin was not asked at all (every call slot busy, still
-    /// compiling): retried soon, and it holds back what the plugin would
-    /// decide whatever the policy — `Ignore` skips a plugin that failed, not
-    /// one that never ran.
+    /// compiling), or its call was cut off for want of CPU: retried soon,
+    /// and it holds back what the plugin would decide whatever the policy —
+    /// `Ignore` skips a plugin that failed, not one that never got to answer.
     pub retry: bool,
 }
 

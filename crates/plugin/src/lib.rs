@@ -16,13 +16,18 @@
 //!   deadline, a memory cap and an output cap ([`Limits`]); breaking one is
 //!   a typed [`PluginError`]. Plugins see no filesystem, network,
 //!   environment or arguments (`docs/sandbox.md`).
+//! * `budget`: what the deadline counts — the call's own time (its thread's
+//!   CPU time and its waits in host calls), not time the node kept it off
+//!   the CPU — and the wall-clock bound of ten deadlines behind it.
 //! * `contract`: the WIT bindings and their one mapping to and from the
 //!   core's types; nothing else here or above sees a WIT type.
 //!
-//! Calls block their thread for up to the deadline: async callers run them
-//! off their executor (the controller decides on tokio's blocking pool).
+//! Calls block their thread for up to the deadline (ten on a starved node):
+//! async callers run them off their executor (the controller decides on
+//! tokio's blocking pool).
 #![forbid(unsafe_code)]
 
+mod budget;
 mod contract;
 mod limits;
 mod runtime;

@@ -5,6 +5,8 @@ use std::time::Duration;
 /// Per-call limits, and how many calls may run at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// A call's own time: its thread's CPU time plus its waits in host
+    /// calls. Ten of it is the wall-clock bound (`budget`).
     pub deadline: Duration,
     /// For all of a component's memories together.
     pub memory_bytes: usize,

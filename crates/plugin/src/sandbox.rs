@@ -1,8 +1,10 @@
 //! One sandboxed call: a fresh store and instance with WASI reduced to
-//! captured stdout/stderr, the memory limiter, the epoch deadline and the
-//! wall-clock bound, and the mapping of whatever went wrong to a
-//! [`PluginError`]. `docs/sandbox.md` says what a plugin can and cannot do.
+//! captured stdout/stderr, the memory limiter, the call's time budget
+//! (checked by the epoch while the guest runs, by the poll loop while it
+//! waits), and the mapping of whatever went wrong to a [`PluginError`].
+//! `docs/sandbox.md` says what a plugin can and cannot do.
 
+use crate::budget::{Budget, Standing};
 use crate::contract::{Request, Response, invoke};
 use crate::runtime::{LoadedPlugin, Runtime};
 use disagg_core::plugins::PluginError;
@@ -14,8 +16,14 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// How often the epoch advances; deadlines are counted in these ticks.
+/// How often the epoch advances: how often a running guest's budget is checked.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Epoch ticks until a running guest's budget is next checked: a tick of
+/// wall-clock time is at most a tick of own time.
+fn ticks(left: Duration) -> u64 {
+    (left.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
+}
 
 /// Per-call store state.
 pub(crate) struct State {
@@ -95,9 +103,11 @@ impl Drop for InFlight<'_> {
 }
 impl Runtime {
     /// Runs one hook on a fresh instance within the limits, on the calling
-    /// thread (blocking: call it off the async executor). It returns within
-    /// the deadline plus a tick whatever the guest does: Wasm code is
-    /// interrupted by the epoch, a host call it waits in is abandoned.
+    /// thread (blocking: call it off the async executor). It returns once
+    /// the call's own time reaches the deadline (plus a tick) whatever the
+    /// guest does — Wasm code is interrupted by the epoch, a host call it
+    /// waits in is abandoned — and, on a thread starved of CPU, after ten
+    /// deadlines at most (`budget`).
     pub(crate) fn call(
         &self,
         plugin: &LoadedPlugin,
@@ -120,10 +130,15 @@ impl Runtime {
         };
         let _slot = match self.slots.try_acquire() {
             Ok(slot) => slot,
-            Err(_) => match poll_until(self.slots.acquire(), Instant::now() + limits.slot_wait) {
-                Some(Ok(slot)) => slot,
-                _ => return Err(busy()),
-            },
+            Err(_) => {
+                let until = Instant::now() + limits.slot_wait;
+                match poll_until(self.slots.acquire(), |_| {
+                    until.checked_duration_since(Instant::now())
+                }) {
+                    Some(Ok(slot)) => slot,
+                    _ => return Err(busy()),
+                }
+            }
         };
         let _in_flight = InFlight::new(&self.busy);
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
@@ -151,25 +166,36 @@ impl Runtime {
             },
         );
         store.limiter(|s| &mut s.limiter);
-        let ticks = limits.deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        let budget = Arc::new(Budget::start(limits.deadline));
+        // While the guest runs, the epoch checks its budget: the first
+        // check comes at the deadline, as own time cannot outrun wall time.
+        store.set_epoch_deadline(ticks(limits.deadline));
+        let running = budget.clone();
+        store.epoch_deadline_callback(move |_| {
+            Ok(match running.standing() {
+                Standing::Within(left) => wasmtime::UpdateDeadline::Continue(ticks(left)),
+                Standing::Exhausted | Standing::Starved => wasmtime::UpdateDeadline::Interrupt,
+            })
+        });
 
-        // The wall-clock bound: what the epoch cannot interrupt (a guest
-        // waiting in poll, sleep or a read) is dropped here, instance and all.
-        let wall = limits.deadline + 2 * EPOCH_TICK;
+        // While it waits in a host call the epoch cannot interrupt (poll,
+        // sleep, a read), the wait counts as its own time; out of budget,
+        // the call is dropped here, instance and all.
         let run = async { invoke(&plugin.pre, &mut store, request).await };
-        let outcome = poll_until(run, Instant::now() + wall);
+        let outcome = poll_until(run, |waited| {
+            budget.waited(waited);
+            match budget.standing() {
+                Standing::Within(left) => Some(left),
+                Standing::Exhausted | Standing::Starved => None,
+            }
+        });
         self.last_memory.store(
             store.data().limiter.used,
             std::sync::atomic::Ordering::Relaxed,
         );
         forward_output(&plugin.name, "stdout", &stdout.contents());
         forward_output(&plugin.name, "stderr", &stderr.contents());
-        let timeout = || PluginError::Timeout {
-            plugin: name(),
-            limit_ms: limits.deadline.as_millis() as u64,
-        };
+        let timeout = || budget.error(name());
         let Some(result) = outcome else {
             return Err(timeout());
         };
@@ -222,9 +248,14 @@ impl Runtime {
     }
 }
 
-/// Polls `future` on this thread until it is ready or `deadline` passes;
-/// then it is dropped (for a plugin call: the instance and all with it).
-fn poll_until<F: std::future::Future>(future: F, deadline: Instant) -> Option<F::Output> {
+/// Polls `future` on this thread until it is ready, parking between polls
+/// for as long as `left` allows: it is told how long the last park lasted
+/// (zero before the first) and answers how long the next may, or `None` to
+/// give up, which drops the future (for a plugin call: the instance and all).
+fn poll_until<F: std::future::Future>(
+    future: F,
+    mut left: impl FnMut(Duration) -> Option<Duration>,
+) -> Option<F::Output> {
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -234,13 +265,16 @@ fn poll_until<F: std::future::Future>(future: F, deadline: Instant) -> Option<F:
     let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = std::task::Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);
+    let mut parked = Duration::ZERO;
     loop {
         if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
             return Some(out);
         }
-        let left = deadline.checked_duration_since(Instant::now())?;
+        let until = left(parked).filter(|d| !d.is_zero())?;
         // Woken by the future (a slot freed, a guest's sleep ended), or timed out.
-        std::thread::park_timeout(left);
+        let since = Instant::now();
+        std::thread::park_timeout(until);
+        parked = since.elapsed();
     }
 }
 

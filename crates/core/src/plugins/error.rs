@@ -5,8 +5,17 @@ use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PluginError {
-    /// The call ran past its deadline.
+    /// The call's own time (CPU time and waits in host calls) reached its deadline.
     Timeout { plugin: String, limit_ms: u64 },
+    /// The call was cut off at its wall-clock bound (ten deadlines) with
+    /// its own time still under the deadline: the operator's thread was kept
+    /// off the CPU, which is not the plugin's failure. Retried like `Busy`.
+    Starved {
+        plugin: String,
+        limit_ms: u64,
+        used_ms: u64,
+        wall_ms: u64,
+    },
     /// The plugin asked for more linear memory than allowed.
     OutOfMemory { plugin: String, limit_bytes: u64 },
     /// The plugin trapped (a Rust panic, `unreachable`, a bad memory access, …).
@@ -43,6 +52,7 @@ impl PluginError {
     pub fn reason(&self) -> &'static str {
         match self {
             PluginError::Timeout { .. } => "PluginTimeout",
+            PluginError::Starved { .. } => "PluginStarved",
             PluginError::OutOfMemory { .. } => "PluginOutOfMemory",
             PluginError::Trap { .. } => "PluginTrapped",
             PluginError::OutputTooLarge { .. } => "PluginOutputTooLarge",
@@ -56,16 +66,21 @@ impl PluginError {
         }
     }
 
-    /// Whether the call did not happen at all for a transient reason of the
-    /// operator's own: such a failure is retried, and holds back what the
-    /// plugin would have decided under either failure policy.
+    /// Whether the call did not happen, or did not finish, for a transient
+    /// reason of the operator's own (no free slot, still compiling, starved
+    /// of CPU): such a failure is retried, and holds back what the plugin
+    /// would have decided under either failure policy.
     pub fn retryable(&self) -> bool {
-        matches!(self, PluginError::Busy { .. } | PluginError::Loading { .. })
+        matches!(
+            self,
+            PluginError::Busy { .. } | PluginError::Loading { .. } | PluginError::Starved { .. }
+        )
     }
 
     pub fn plugin(&self) -> &str {
         match self {
             PluginError::Timeout { plugin, .. }
+            | PluginError::Starved { plugin, .. }
             | PluginError::OutOfMemory { plugin, .. }
             | PluginError::Trap { plugin, .. }
             | PluginError::OutputTooLarge { plugin, .. }
@@ -86,9 +101,20 @@ impl fmt::Display for PluginError {
             PluginError::Timeout { plugin, limit_ms } => {
                 write!(
                     f,
-                    "plugin {plugin}: timed out after {limit_ms} ms (the per-call deadline)"
+                    "plugin {plugin}: timed out: it ran or waited for {limit_ms} ms (the per-call deadline)"
                 )
             }
+            PluginError::Starved {
+                plugin,
+                limit_ms,
+                used_ms,
+                wall_ms,
+            } => write!(
+                f,
+                "plugin {plugin}: cut off after {wall_ms} ms having had only {used_ms} ms of its \
+                 {limit_ms} ms deadline: the operator is short of CPU (a busy node, or a CPU \
+                 limit throttling it); retrying"
+            ),
             PluginError::OutOfMemory {
                 plugin,
                 limit_bytes,

@@ -339,6 +339,41 @@ fn a_failing_patch_under_fail_holds_its_role_and_under_ignore_is_skipped() {
     }
 }
 
+/// A patch cut off because the operator was short of CPU did not fail: under
+/// `Ignore` too its role gets no child without it, and it is asked again soon.
+#[test]
+fn a_patch_starved_of_cpu_holds_its_role_under_ignore_and_is_retried() {
+    let mut s = set(two_roles());
+    s.spec.plugins = vec![PluginBinding {
+        roles: Some(vec!["prefill".into()]),
+        ..binding("shaper", FailurePolicy::Ignore)
+    }];
+    let mut shaper = fake("shaper", &[Hook::PatchRole]);
+    shaper.patch = Some(Box::new(|_| {
+        Err(PluginError::Starved {
+            plugin: "shaper".into(),
+            limit_ms: 100,
+            used_ms: 12,
+            wall_ms: 1000,
+        })
+    }));
+    let p = plan(&s, &[], &Registry::with("shaper", shaper));
+    let made = created(&p);
+    assert_eq!(made.len(), 1);
+    assert!(
+        made[0]
+            .metadata
+            .name
+            .as_deref()
+            .unwrap()
+            .ends_with("decode")
+    );
+    let (st, reason, message) = condition(&p, conditions::PLUGINS_READY);
+    assert_eq!((st, reason), ("False", "PluginStarved"));
+    assert!(message.contains("short of CPU"), "{message}");
+    assert_eq!(p.recheck, Some(Duration::from_secs(1)));
+}
+
 #[test]
 fn a_missing_plugin_under_fail_stops_the_whole_set() {
     let mut s = set(two_roles());

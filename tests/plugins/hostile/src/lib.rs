@@ -24,6 +24,17 @@ fn misbehave(hook: &str, config: &Value) -> Result<Patch, String> {
                 n = std::hint::black_box(n.wrapping_add(1));
             }
         }
+        // Slow but finite: `rounds` rounds of arithmetic, then no patch (for
+        // the tests of what the deadline counts).
+        "compute" => {
+            let rounds = config["rounds"].as_u64().unwrap_or(1_000_000);
+            let mut x: u64 = 1;
+            for i in 0..rounds {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+            }
+            std::hint::black_box(x);
+            Ok(Patch::None)
+        }
         "trap" => panic!("hostile plugin panics on purpose"),
         "oom" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
