@@ -13,7 +13,8 @@
 //!   build and one padded to 1 MiB.
 //!
 //! `DISAGG_BENCH_SETS` (default 1000) and `DISAGG_BENCH_IDLE_SECONDS`
-//! (default 60) shorten it. `DISAGG_BENCH_REALAPI=../shared/realapi` runs the
+//! (default 60) shorten it; `DISAGG_BENCH_ROLLOUTS` (default 100, at most
+//! the sets) says how many sets roll out at once. `DISAGG_BENCH_REALAPI=../shared/realapi` runs the
 //! scale part against a fresh real CRD API server per phase instead (its
 //! binaries built in `$W`, default /tmp/realapi), with a status writer making
 //! every LWS ready at once, and adds the server's CPU. Prints `BENCH operator_scale ...` and
@@ -662,8 +663,8 @@ async fn scale(n: usize, idle: Duration) {
     let idle_writes = (writes(&c, &operator) - writes0) as f64 * per_minute;
     let idle_cpu = (operator.cpu() - cpu0).as_secs_f64() * per_minute;
 
-    // 100 concurrent rollouts: a new image on 100 sets at once.
-    let rolled = n.min(100);
+    // 100 concurrent rollouts (DISAGG_BENCH_ROLLOUTS): a new image on 100 sets at once.
+    let rolled = env_usize("DISAGG_BENCH_ROLLOUTS", 100).min(n);
     let image = json!([{"op": "replace",
         "path": "/spec/roles/0/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/image",
         "value": "example.com/encoder:v2"}]);

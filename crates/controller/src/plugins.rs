@@ -13,6 +13,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
+/// The longest wait between tries of a load that could not call `describe`.
+const LOAD_RETRIES_UP_TO: Duration = Duration::from_secs(8);
+
 /// The plugins in use, by name.
 pub struct Registry {
     runtime: Arc<Runtime>,
@@ -106,18 +109,7 @@ impl Registry {
                 return Update::Unchanged;
             }
             (None, Err(e)) => Err(e),
-            (None, Ok(bytes)) => {
-                let (runtime, owned) = (self.runtime.clone(), name.to_string());
-                tokio::task::spawn_blocking(move || runtime.load(&owned, &bytes))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(disagg_plugin::PluginError::InvalidComponent {
-                            plugin: name.to_string(),
-                            message: format!("the load task failed: {e}"),
-                        })
-                    })
-                    .map_err(|e| e.to_string())
-            }
+            (None, Ok(bytes)) => self.compile_and_check(name, ticket, bytes).await,
         };
         if !self.finish(name, ticket) {
             return Update::Superseded;
@@ -137,6 +129,49 @@ impl Registry {
             }
             Err(e) => self.refuse(name, e),
         }
+    }
+
+    /// The runtime's load, on the blocking pool. A load whose `describe`
+    /// could not be answered for a reason of the operator's own (no free
+    /// call slot, starved of CPU) did not fail: it is tried again after 1,
+    /// 2, 4 and 8 s, while it is still the newest, and only then refused.
+    /// The plugin counts as loading meanwhile, so its sets wait for it.
+    async fn compile_and_check(
+        &self,
+        name: &str,
+        ticket: u64,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<LoadedPlugin>, String> {
+        let bytes = Arc::new(bytes);
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let (runtime, owned, b) = (self.runtime.clone(), name.to_string(), bytes.clone());
+            let result = tokio::task::spawn_blocking(move || runtime.load(&owned, &b))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(disagg_plugin::PluginError::InvalidComponent {
+                        plugin: name.to_string(),
+                        message: format!("the load task failed: {e}"),
+                    })
+                });
+            match result {
+                Err(e)
+                    if e.retryable()
+                        && backoff <= LOAD_RETRIES_UP_TO
+                        && self.newest(name, ticket) =>
+                {
+                    tracing::info!(plugin = %name, error = %e, retry_in = ?backoff, "plugin load retried");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                other => return other.map_err(|e| e.to_string()),
+            }
+        }
+    }
+
+    fn newest(&self, name: &str, ticket: u64) -> bool {
+        let loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        loading.get(name).map(|(t, _)| *t) == Some(ticket)
     }
 
     /// Ends the load `ticket` of `name`; whether it was the newest.

@@ -340,6 +340,38 @@ fn calls_beyond_the_slots_wait_and_then_report_busy() {
     assert!(hostile.patch_role(&ok).is_ok());
 }
 
+/// A load whose `describe` finds every call slot taken has not failed: the
+/// registry tries it again (after 1, 2, 4, 8 s) and swaps it in once a slot
+/// is free, where it used to refuse the plugin until its ConfigMap changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_finds_no_free_call_slot_is_retried_not_refused() {
+    use disagg::controller::plugins::{Registry, Update};
+    let rt = Runtime::new(Limits {
+        deadline: Duration::from_secs(3),
+        concurrent_calls: 1,
+        slot_wait: Duration::from_millis(50),
+        ..Limits::default()
+    })
+    .unwrap();
+    let hostile = load(&rt, "hostile");
+    let (_, sleeper) = patch_input("examples/vllm-pd.yaml", 0, json!({"mode": "sleep"}));
+    // The one slot is taken for the sleeper's 3 s deadline.
+    let sleeping = std::thread::spawn(move || hostile.patch_role(&sleeper).unwrap_err().reason());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (registry, _wake) = Registry::new(rt);
+    let ticket = registry.begin("ratio-scaler");
+    let bytes = read(&component("ratio-scaler"));
+    let started = Instant::now();
+    let outcome = registry.load("ratio-scaler", ticket, Ok(bytes)).await;
+    assert_eq!(outcome, Update::Swapped);
+    assert!(registry.component("ratio-scaler").is_some());
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "no retry was needed"
+    );
+    assert_eq!(sleeping.join().unwrap(), "PluginTimeout");
+}
+
 /// Loading is bounded: a component over the size limit (raw, or a gzip bomb)
 /// is refused without being inflated, a compile past its deadline is refused,
 /// and compiled components nobody holds are freed.
