@@ -99,6 +99,22 @@ fn thread_cpu() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
+/// This thread's id, for [`cpu_of_thread`] on another thread.
+pub(crate) fn thread_id() -> i32 {
+    rustix::thread::gettid().as_raw_pid()
+}
+
+/// The CPU time another thread of this process has used, from
+/// `/proc/self/task/TID/schedstat` (nanoseconds on CPU), or `None` where the
+/// kernel does not say. What a compile's deadline counts: Cranelift cannot
+/// be interrupted, so the compile runs on a thread of its own and whoever
+/// waits for it reads its clock.
+pub(crate) fn cpu_of_thread(tid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let nanos = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +164,35 @@ mod tests {
             b.error("p".into()),
             PluginError::Timeout { limit_ms: 100, .. }
         ));
+    }
+
+    #[test]
+    fn another_threads_cpu_time_counts_its_work_not_its_sleep() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            tx.send(thread_id()).unwrap();
+            wait.recv().unwrap();
+            // 40 ms of CPU, however long that takes on a loaded machine.
+            let cpu = thread_cpu();
+            while thread_cpu() - cpu < 40 * MS {
+                std::hint::black_box(0u64);
+            }
+            tx.send(0).unwrap();
+            wait.recv().unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        let before = cpu_of_thread(tid).expect("this kernel reports schedstat");
+        std::thread::sleep(30 * MS);
+        let idle = cpu_of_thread(tid).unwrap() - before;
+        assert!(idle < 5 * MS, "{idle:?} while it slept");
+        go.send(()).unwrap();
+        rx.recv().unwrap();
+        let busy = cpu_of_thread(tid).unwrap() - before;
+        assert!(busy >= 35 * MS, "{busy:?} after 40 ms of work");
+        go.send(()).unwrap();
+        worker.join().unwrap();
+        assert_eq!(cpu_of_thread(tid), None, "a finished thread has no clock");
     }
 
     #[test]

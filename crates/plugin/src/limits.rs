@@ -20,7 +20,9 @@ pub struct Limits {
     pub slot_wait: Duration,
     /// The largest component accepted, after gzip decompression.
     pub component_bytes: usize,
-    /// How long compiling one component may take before it is refused.
+    /// How much CPU time compiling one component may take before it is
+    /// refused (the compiling thread's; wall-clock time where the kernel does
+    /// not report it).
     pub compile_deadline: Duration,
 }
 
