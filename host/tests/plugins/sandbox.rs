@@ -340,6 +340,33 @@ fn calls_beyond_the_slots_wait_and_then_report_busy() {
     assert!(hostile.patch_role(&ok).is_ok());
 }
 
+/// A compile on a node that keeps it off the CPU is slow, not refused: its
+/// deadline counts the compiling thread's CPU time. (The compile thread
+/// inherits the caller's one-CPU affinity in `starved`.)
+#[test]
+fn a_compile_starved_of_cpu_is_not_refused_for_it() {
+    let bytes = read(&component("ratio-scaler"));
+    let started = Instant::now();
+    drop(runtime().load("ratio-scaler", &bytes).unwrap());
+    let alone = started.elapsed();
+    let deadline = alone.mul_f64(2.5);
+    let rt = Runtime::new(Limits {
+        compile_deadline: deadline,
+        ..Limits::default()
+    })
+    .unwrap();
+    // An eighth of a CPU: about eight times as long as alone.
+    let (loaded, took) = starved(7, || {
+        let started = Instant::now();
+        (rt.load("ratio-scaler", &bytes), started.elapsed())
+    });
+    assert!(loaded.is_ok(), "{:?}", loaded.err().map(|e| e.to_string()));
+    assert!(
+        took > deadline,
+        "the compile was not starved past its deadline ({took:?} against {deadline:?}): the test proves nothing"
+    );
+}
+
 /// A load whose `describe` finds every call slot taken has not failed: the
 /// registry tries it again (after 1, 2, 4, 8 s) and swaps it in once a slot
 /// is free, where it used to refuse the plugin until its ConfigMap changed.
